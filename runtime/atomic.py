@@ -1,0 +1,46 @@
+"""Atomic file writes: write a temporary file beside the target, fsync, then rename.
+
+A crash or Ctrl+C leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``.
+
+    Use this for writers that want a filename (Keras' ``model.save``, matplotlib's
+    ``savefig``, onnx's ``save``). ``suffix`` defaults to the target's, since some writers
+    choose their format from it.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes)
+                               or ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(target: str | os.PathLike, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
+    """``open()`` a temporary file beside ``target``; renamed onto it when the block succeeds."""
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(target) as tmp:
+        with open(tmp, mode, encoding=encoding) as fh:
+            yield fh

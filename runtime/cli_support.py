@@ -1,0 +1,47 @@
+"""The one place errors become messages: every cifar-edge CLI runs through ``run_cli``.
+
+A CifarEdgeError becomes one line on stderr and its exit code; anything unexpected becomes
+one line too, unless ``--traceback`` (or CIFAR_EDGE_TRACEBACK=1) asks for the full story.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+import click
+
+from .errors import CifarEdgeError, ExitCode
+
+
+def traceback_option(f):
+    return click.option("--traceback", "show_traceback", is_flag=True,
+                        help="Show the full Python traceback on errors (for bug reports).")(f)
+
+
+def run_cli(prog: str, body: Callable[[], int | None], show_traceback: bool = False) -> None:
+    """Run ``body``; translate errors; exit with the right code. Never returns."""
+    show_traceback = show_traceback or os.environ.get("CIFAR_EDGE_TRACEBACK") == "1"
+    try:
+        code = body()
+    except CifarEdgeError as exc:
+        if show_traceback:
+            traceback.print_exc()
+        click.echo(f"{prog}: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except click.exceptions.Exit:
+        raise
+    except click.ClickException:
+        raise
+    except Exception as exc:  # a bug or an unforeseen environment problem: still one line
+        if show_traceback:
+            traceback.print_exc()
+        click.echo(f"{prog}: unexpected error: {type(exc).__name__}: {exc} "
+                   "(run again with --traceback for details)", err=True)
+        sys.exit(int(ExitCode.ERROR))
+    sys.exit(int(code or 0))

@@ -1,0 +1,50 @@
+"""The exception hierarchy shared by every cifar-edge package.
+
+Library code raises these with messages that say what failed, where, and how to fix it.
+The CLIs turn them into one line on stderr and a non-zero exit (see ``runtime.cli_support``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # a CifarEdgeError: bad input, bad data, bad model
+    USAGE = 2  # click's own code for bad arguments
+    PARTIAL = 3  # some inputs failed, the others were processed
+    THRESHOLD = 4  # a parity or accuracy threshold was violated
+    INTERRUPTED = 130  # Ctrl+C / SIGTERM
+
+
+class CifarEdgeError(Exception):
+    """Base of every error a user can cause and fix."""
+
+    exit_code = ExitCode.ERROR
+
+
+class DataError(CifarEdgeError):
+    """Training/evaluation data is missing, malformed or unreadable."""
+
+
+class ModelError(CifarEdgeError):
+    """A model file is missing, corrupt, or does not fit the contract."""
+
+
+class ImageError(CifarEdgeError):
+    """An input image cannot be read or decoded."""
+
+
+class ProviderError(CifarEdgeError):
+    """A requested onnxruntime execution provider is not available."""
+
+
+class SourceError(CifarEdgeError):
+    """A camera or video source cannot be opened or stopped delivering frames."""
+
+
+class ThresholdError(CifarEdgeError):
+    """A parity or accuracy check failed its threshold."""
+
+    exit_code = ExitCode.THRESHOLD

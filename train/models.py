@@ -1,0 +1,127 @@
+"""The model registry: Keras CNNs that take raw RGB pixels (0-255, NHWC) and output class
+probabilities.
+
+Normalization is the first layer of every model (fixed CIFAR-10 constants, never ``adapt()``),
+so the exported ONNX graph carries it and no caller can get it wrong. Augmentation is not in
+the model: it lives in the training data pipeline (``train.augment``), so the model exports
+cleanly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+# Per-channel mean and std of the CIFAR-10 training set, in 0-255 pixel units (RGB).
+CIFAR10_MEAN = (125.307, 122.950, 113.865)
+CIFAR10_STD = (62.993, 62.089, 66.705)
+
+
+def _normalize(keras, x):
+    variance = [s * s for s in CIFAR10_STD]
+    return keras.layers.Normalization(mean=list(CIFAR10_MEAN), variance=variance, name="normalize")(x)
+
+
+def whitening_kernel(images_rgb: np.ndarray, patch: int = 2, eps: float = 5e-4) -> np.ndarray:
+    """A fixed patch-whitening convolution computed from training images (airbench's stem).
+
+    images_rgb: (N, 32, 32, 3) uint8. Returns a (patch, patch, 3, 2*patch*patch*3) float32 kernel
+    whose filters are the eigenvectors of the patch covariance scaled by 1/sqrt(eigenvalue), each
+    with its negation, so a following ReLU keeps all the information.
+    """
+    x = (images_rgb.astype(np.float32) - np.array(CIFAR10_MEAN, np.float32)) / np.array(CIFAR10_STD, np.float32)
+    n, h, w, c = x.shape
+    # (N, h-p+1, w-p+1, p, p, c) patches → (M, p*p*c)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (patch, patch), axis=(1, 2))  # (N, H', W', c, p, p)
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, patch * patch * c).astype(np.float64)
+    patches -= patches.mean(axis=0)
+    cov = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    filters = eigenvectors.T / np.sqrt(eigenvalues + eps)[:, None]  # (k, p*p*c)
+    filters = np.concatenate([filters, -filters])  # (2k, p*p*c)
+    return filters.reshape(-1, patch, patch, c).transpose(1, 2, 3, 0).astype(np.float32)
+
+
+def _l2(keras, weight_decay: float):
+    # loss += wd/2 * sum(w^2)  ⇒  grad += wd * w, through momentum, as PyTorch's weight_decay.
+    return keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
+
+
+def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, **_) -> "keras.Model":
+    """~20k parameters: an epoch on a few thousand images takes seconds. For tests and demos."""
+    import keras
+
+    inputs = keras.Input(shape=(32, 32, 3), dtype="float32", name="image_rgb")
+    x = _normalize(keras, inputs)
+    for width in (16, 32, 64):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
+                                kernel_regularizer=_l2(keras, weight_decay))(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
+                                 kernel_regularizer=_l2(keras, weight_decay))(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float):
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv",
+                            kernel_regularizer=_l2(keras, weight_decay))(x)
+    # No scale (as in airbench): the following ReLU is scale-invariant, and fewer weights
+    # fold into the convolution at export. momentum is Keras' (1 - PyTorch's).
+    x = keras.layers.BatchNormalization(scale=False, momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 128, 128),
+                  train_images: np.ndarray | None = None, logit_scale: float = 1 / 9,
+                  weight_decay: float = 5e-4, **_) -> "keras.Model":
+    """The edge model we ship: airbench-style, ~0.57M parameters.
+
+    raw RGB → normalize → 2x2 patch-whitening conv (fixed, from data) → ReLU →
+    3 × [conv → maxpool/2 → BN → ReLU → conv → BN → ReLU] → global max pool → dense/9 → softmax.
+    Shapes: 32 → 31 (whitening, valid) → 15 → 7 → 3 → 1.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(32, 32, 3), dtype="float32", name="image_rgb")
+    x = _normalize(keras, inputs)
+    if train_images is not None:
+        kernel = whitening_kernel(train_images[:5000])
+    else:  # rebuilt from a checkpoint: the saved weights replace this placeholder
+        kernel = np.zeros((2, 2, 3, 24), np.float32)
+    whiten = keras.layers.Conv2D(kernel.shape[-1], 2, padding="valid", use_bias=False,
+                                 trainable=False, name="whiten")
+    x = whiten(x)
+    whiten.set_weights([kernel])
+    x = keras.layers.ReLU(name="whiten_relu")(x)
+    for i, width in enumerate(widths):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"g{i}_conv1",
+                                kernel_regularizer=_l2(keras, weight_decay))(x)
+        x = keras.layers.MaxPooling2D(2, name=f"g{i}_pool")(x)
+        x = keras.layers.BatchNormalization(scale=False, momentum=0.9, epsilon=1e-5, name=f"g{i}_bn1")(x)
+        x = keras.layers.ReLU(name=f"g{i}_relu1")(x)
+        x = _conv_bn_relu(keras, x, width, name=f"g{i}_2", weight_decay=weight_decay)
+    x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
+    x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
+                           kernel_regularizer=_l2(keras, weight_decay))(x)
+    # A fixed temperature: small logits early in training keep the high learning rate stable.
+    x = keras.layers.Rescaling(logit_scale, name="temperature")(x)
+    outputs = keras.layers.Softmax(name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="default")
+
+
+MODELS: dict[str, Callable[..., "keras.Model"]] = {
+    "tiny": build_tiny,
+    "default": build_default,
+}
+
+
+def build_model(name: str, **kwargs) -> "keras.Model":
+    from runtime.errors import CifarEdgeError
+
+    if name not in MODELS:
+        raise CifarEdgeError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
