@@ -259,6 +259,8 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
         state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "finished": False}
 
     strategy = setup_devices(config.distribute)
+    if strategy is not None:
+        log(f"distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} replicas")
     keras = _keras()
     keras.utils.set_random_seed(config.seed)
 

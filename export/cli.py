@@ -1,0 +1,103 @@
+"""cifar-export: the command-line face of ``export.export_model``."""
+
+from __future__ import annotations
+
+import click
+
+from runtime.cli_support import run_cli, traceback_option
+
+from .parity import DEFAULT_THRESHOLDS, Thresholds
+
+PROG = "cifar-export"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(path_type=str), default=None,
+              help="FP32 .onnx file to write [default: MODEL with .onnx]. Variants go beside it as "
+                   "<stem>-int8.onnx / <stem>-fp16.onnx, the report as <stem>.parity.json.")
+@click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
+@click.option("--int8", is_flag=True, help="Also write a static INT8 (QDQ, per-channel) model.")
+@click.option("--fp16", is_flag=True, help="Also write a float16-weights model (float32 input/output).")
+@click.option("--data", type=click.Path(path_type=str), default=None,
+              help="CIFAR-10 folder (train/ and test/): parity on the full test split, INT8 calibration "
+                   "on training images. Without it parity uses synthetic inputs.")
+@click.option("--calibration", type=click.Path(path_type=str), default=None,
+              help="A folder of images to calibrate INT8 with instead of --data's train split.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Number of images used to calibrate INT8.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="How INT8 activation ranges are chosen.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help=f"FP32 minimum top-1 agreement [default: {DEFAULT_THRESHOLDS['fp32'].min_agreement}].")
+@click.option("--max-abs-diff", type=click.FloatRange(min=0), default=None,
+              help=f"FP32 maximum absolute probability difference [default: {DEFAULT_THRESHOLDS['fp32'].max_abs_diff:g}].")
+@click.option("--max-int8-drop", type=click.FloatRange(min=0), default=None,
+              help=f"INT8 maximum accuracy drop in points [default: {DEFAULT_THRESHOLDS['int8'].max_accuracy_drop:g}].")
+@click.option("--fp16-min-agreement", type=click.FloatRange(0, 1), default=None,
+              help=f"FP16 minimum top-1 agreement [default: {DEFAULT_THRESHOLDS['fp16'].min_agreement}].")
+@click.option("--fp16-max-abs-diff", type=click.FloatRange(min=0), default=None,
+              help=f"FP16 maximum absolute probability difference [default: {DEFAULT_THRESHOLDS['fp16'].max_abs_diff:g}].")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Parity on the first N test images only (for quick checks).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@traceback_option
+def main(model, output, opset, int8, fp16, data, calibration, calib_images, calib_method, min_agreement,
+         max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, test_limit, quiet, show_traceback):
+    """Convert a Keras CIFAR-10 model (.keras) to ONNX and prove it gives the same answers.
+
+    Writes the ONNX file(s) with self-describing metadata and a parity report beside them;
+    exits 4 if a parity threshold is violated (the files and report are still written).
+
+    \b
+      cifar-export runs/tiny/model.keras --data ../shared/data/cifar10 --int8 --fp16
+    """
+
+    def body():
+        from . import ExportConfig, Int8Config, export_model
+
+        config = ExportConfig(
+            opset=opset, int8=int8, fp16=fp16, test_limit=test_limit, quiet=quiet,
+            int8_config=Int8Config(calib_images=calib_images, method=calib_method),
+            fp32_thresholds=DEFAULT_THRESHOLDS["fp32"].override(min_agreement=min_agreement,
+                                                                max_abs_diff=max_abs_diff),
+            int8_thresholds=DEFAULT_THRESHOLDS["int8"].override(max_accuracy_drop=max_int8_drop),
+            fp16_thresholds=DEFAULT_THRESHOLDS["fp16"].override(min_agreement=fp16_min_agreement,
+                                                                max_abs_diff=fp16_max_abs_diff))
+        try:
+            result = export_model(model, config, output=output, data=data, calibration=calibration)
+        except _threshold_error() as exc:
+            _print_report_of(exc)
+            raise
+        click.echo(result.report.table())
+        for variant, path in result.onnx_paths.items():
+            click.echo(f"wrote {path} ({variant})")
+        click.echo(f"wrote {result.report_path}")
+        return 0
+
+    run_cli(PROG, body, show_traceback)
+
+
+def _threshold_error():
+    from runtime.errors import ThresholdError
+
+    return ThresholdError
+
+
+def _print_report_of(exc) -> None:
+    """On a threshold failure the report file exists: show its table before the error line."""
+    import json
+    import re
+
+    match = re.search(r"see (\S+\.parity\.json)$", str(exc))
+    if not match:
+        return
+    try:
+        raw = json.loads(open(match.group(1), encoding="utf-8").read())
+    except (OSError, ValueError):
+        return
+    from .parity import ParityEntry, ParityReport
+
+    raw.pop("passed", None)
+    raw["entries"] = [ParityEntry(**e) for e in raw["entries"]]
+    click.echo(ParityReport(**raw).table())

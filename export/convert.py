@@ -1,0 +1,182 @@
+"""Keras → ONNX: load safely, check the model fits the contract, convert, check the result.
+
+File in (a ``.keras`` archive), ModelProto out; saving is ``save_onnx`` (atomic).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic import atomic_path
+from runtime.contract import CIFAR10_CLASSES, InputContract
+from runtime.errors import ModelError
+
+DEFAULT_OPSET = 17  # onnxruntime >= 1.14 everywhere (Pi, Jetson); tf2onnx's tested default
+INPUT_NAME = "image_rgb"
+OUTPUT_NAME = "probabilities"
+BATCH_DIM = "batch"  # symbolic name of the dynamic batch dimension
+
+
+@dataclass(frozen=True)
+class KerasSource:
+    path: Path
+    model: object  # keras.Model
+    output_kind: str  # "probabilities" (softmax inside the graph) or "logits"
+    class_names: tuple[str, ...]
+
+
+def _keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    return keras
+
+
+def load_keras(path: str | os.PathLike, contract: InputContract | None = None) -> KerasSource:
+    """Load a ``.keras`` archive in safe mode (no code from the file runs) and check its shape."""
+    contract = contract or InputContract()
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not a .keras model file")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"PK":  # a zip header without a readable directory: truncated
+                raise ModelError(f"{path}: corrupt .keras archive (truncated or damaged zip file)")
+        raise ModelError(f"{path}: not a Keras model (a .keras file is a zip archive; "
+                         "save it with model.save('model.keras'))")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelError(f"{path}: corrupt .keras archive ({exc})") from None
+    if "config.json" not in names:
+        raise ModelError(f"{path}: not a Keras model (no config.json in the archive)")
+    if bad is not None:
+        raise ModelError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
+
+    keras = _keras()
+    import train.fit  # the OneCycle schedule saved inside training checkpoints
+
+    train.fit._register_schedule()
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError/zip errors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load the Keras model ({first[:200]})") from None
+    _check_contract(path, model, contract)
+    return KerasSource(path, model, _output_kind(keras, model), _class_names(path))
+
+
+def _check_contract(path: Path, model, contract: InputContract) -> None:
+    want = (contract.height, contract.width, contract.channels)
+    inputs, outputs = list(model.inputs or []), list(model.outputs or [])
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: model has {len(inputs)} inputs, expected one image input")
+    shape = tuple(inputs[0].shape)
+    if shape[1:] != want:
+        raise ModelError(f"{path}: model input is {shape[1:]}, expected {want} "
+                         "(NHWC RGB 32x32x3 raw pixels)")
+    if len(outputs) != 1 or tuple(outputs[0].shape)[1:] != (len(CIFAR10_CLASSES),):
+        got = [tuple(o.shape)[1:] for o in outputs]
+        raise ModelError(f"{path}: model output is {got[0] if len(got) == 1 else got}, "
+                         f"expected ({len(CIFAR10_CLASSES)},) CIFAR-10 class scores")
+
+
+def _output_kind(keras, model) -> str:
+    """'probabilities' when the graph ends in a softmax, else 'logits'."""
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return "probabilities"
+    activation = getattr(last, "activation", None)
+    if activation is not None and getattr(activation, "__name__", "") == "softmax":
+        return "probabilities"
+    return "logits"
+
+
+def _class_names(path: Path) -> tuple[str, ...]:
+    """Class names from the training run's config.json beside the model, else CIFAR-10's."""
+    import json
+
+    config = path.parent / "config.json"
+    try:
+        names = json.loads(config.read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        names = None
+    if isinstance(names, list) and len(names) == len(CIFAR10_CLASSES) and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return CIFAR10_CLASSES
+
+
+def to_onnx(source: KerasSource, opset: int = DEFAULT_OPSET, contract: InputContract | None = None):
+    """Convert with tf2onnx (its Keras 3 path); input NHWC float32 with a dynamic batch."""
+    contract = contract or InputContract()
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec((None, contract.height, contract.width, contract.channels), tf.float32,
+                          name=INPUT_NAME),)
+    try:
+        model_proto, _ = tf2onnx.convert.from_keras(source.model, input_signature=spec, opset=opset)
+    except Exception as exc:
+        raise ModelError(f"{source.path}: tf2onnx could not convert the model at opset {opset} "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    graph = model_proto.graph
+    graph.output[0].name = _rename_output(graph, graph.output[0].name, OUTPUT_NAME)
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    return model_proto
+
+
+def _rename_output(graph, old: str, new: str) -> str:
+    if old == new:
+        return new
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    return new
+
+
+def check_onnx(model_proto, contract: InputContract | None = None) -> None:
+    """The ONNX checker, then one real run in onnxruntime on a batch of 2."""
+    import onnx
+
+    contract = contract or InputContract()
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"the converted ONNX model fails the ONNX checker: {str(exc)[:300]}") from None
+    session = session_from_proto(model_proto)
+    batch_nhwc = np.zeros((2, contract.height, contract.width, contract.channels), np.float32)
+    out = session.run(None, {session.get_inputs()[0].name: batch_nhwc})[0]
+    if out.shape != (2, len(CIFAR10_CLASSES)) or not np.all(np.isfinite(out)):
+        raise ModelError(f"the converted ONNX model gives output {out.shape} "
+                         f"(finite: {bool(np.all(np.isfinite(out)))}), expected (2, 10)")
+
+
+def session_from_proto(model_proto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def save_onnx(model_proto, path: str | os.PathLike) -> int:
+    """Write atomically; returns the file size in bytes. ModelError if the path is unwritable."""
+    import onnx
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            onnx.save_model(model_proto, os.fspath(tmp))
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot write the ONNX file ({exc.strerror or exc})") from None
+    return path.stat().st_size

@@ -1,0 +1,109 @@
+"""The self-description written into every exported ONNX file.
+
+The keys come from ``runtime.contract`` (the one place they are named); this module fills in
+their values: class names, input contract, output kind, variant, provenance and parity.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata as _pkg
+from pathlib import Path
+
+from runtime.contract import (FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT, KEY_OUTPUT,
+                              KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, InputContract)
+
+PRODUCER = "cifar-edge export"
+TOOLS = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            versions[name] = _pkg.version(name)
+        except _pkg.PackageNotFoundError:
+            pass
+    return versions
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def provenance(source: Path, source_sha256: str, opset: int, created: str,
+               quantization: dict | None = None) -> dict:
+    """Where a file came from: enough to rebuild it or to tell two exports apart."""
+    return {
+        "source": source.name,
+        "source_sha256": source_sha256,
+        "tools": tool_versions(),
+        "opset": opset,
+        "created": created,
+        "quantization": quantization,  # None for fp32; the recipe for int8 / fp16
+    }
+
+
+def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], output_kind: str,
+                   provenance_info: dict, parity: dict | None, contract: InputContract | None = None):
+    """Set every cifar-edge key (replacing old values) plus doc_string/producer. In place."""
+    contract = contract or InputContract()
+    values = {
+        KEY_FORMAT: FORMAT_VERSION,
+        KEY_CLASS_NAMES: json.dumps(list(class_names)),
+        KEY_INPUT: contract.to_json(),
+        KEY_OUTPUT: output_kind,
+        KEY_VARIANT: variant,
+        KEY_PROVENANCE: json.dumps(provenance_info, sort_keys=True),
+        KEY_PARITY: json.dumps(parity, sort_keys=True) if parity is not None else "null",
+    }
+    kept = [p for p in model_proto.metadata_props if p.key not in values]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_proto.producer_name = PRODUCER
+    model_proto.producer_version = _version_of("cifar-edge")
+    model_proto.doc_string = (
+        f"CIFAR-10 classifier ({variant}) exported from {provenance_info['source']} "
+        f"(sha256 {provenance_info['source_sha256'][:12]}). Input: {contract.layout} "
+        f"{contract.color_order} {contract.dtype} raw pixels {contract.value_range[0]:g}-"
+        f"{contract.value_range[1]:g}, {contract.height}x{contract.width}, resize '{contract.resize}'. "
+        f"Output: {output_kind} over {len(class_names)} classes. Metadata keys cifar_edge.*."
+    )
+    return model_proto
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, object]:
+    """The cifar-edge keys of an .onnx file, JSON values decoded, read the runtime's way."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    raw = session.get_modelmeta().custom_metadata_map
+    decoded: dict[str, object] = {}
+    for key, value in raw.items():
+        if key in (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY):
+            decoded[key] = json.loads(value)
+        else:
+            decoded[key] = value
+    return decoded
+
+
+def _version_of(dist: str) -> str:
+    try:
+        return _pkg.version(dist)
+    except _pkg.PackageNotFoundError:
+        return "0"

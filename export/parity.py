@@ -1,0 +1,282 @@
+"""Parity: run a reference and a candidate model on the same inputs and compare.
+
+Inputs are the CIFAR-10 test split (decoded by ``runtime.preprocess``) or, without data, a
+fixed synthetic set. Each comparison is one ``ParityEntry``; an export's entries make a
+``ParityReport``, written as JSON and printed as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from runtime.atomic import atomic_write
+from runtime.contract import KEY_VARIANT
+from runtime.errors import DataError, ModelError
+
+BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
+N_RANDOM, N_PATTERNED = 256, 64  # the synthetic set used when no data is given
+
+Predict = Callable[[np.ndarray], np.ndarray]  # (N, 32, 32, 3) float32 → (N, 10) float32
+
+
+# --- thresholds ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A gate per figure; None means the figure is reported but not gated."""
+
+    min_agreement: float | None = None  # fraction of inputs with the same top-1 class
+    max_abs_diff: float | None = None  # largest |p_ref - p_cand| over all inputs and classes
+    max_accuracy_drop: float | None = None  # percentage points, reference minus candidate
+
+    def override(self, **given) -> "Thresholds":
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+
+DEFAULT_THRESHOLDS = {
+    # FP32 must be the same model: float rounding only.
+    "fp32": Thresholds(min_agreement=0.999, max_abs_diff=1e-4),
+    # FP16 weights: ~3 significant digits, so differences of 1e-3 are normal; gate at 1e-2.
+    "fp16": Thresholds(min_agreement=0.995, max_abs_diff=1e-2),
+    # INT8 changes the function on purpose; what users care about is accuracy.
+    "int8": Thresholds(max_accuracy_drop=1.0),
+}
+
+
+# --- data ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParityData:
+    batch_nhwc: np.ndarray  # (N, 32, 32, 3) float32 RGB raw 0-255
+    labels: np.ndarray | None  # (N,) int64, None for synthetic inputs
+    description: str
+
+
+def load_test_split(data: str | os.PathLike, limit: int | None = None) -> ParityData:
+    """The CIFAR-10 test split from ``data`` (any layout ``train.data`` reads)."""
+    from train.data import load_cifar10
+
+    cifar = load_cifar10(data, splits=("test",))
+    if len(cifar.x_test) == 0:
+        raise DataError(f"{data}: the test split is empty")
+    x, y = cifar.x_test, cifar.y_test
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    # train.data decodes through runtime.preprocess.load_image and checks every image is
+    # exactly 32x32, so prepare() would not resize them: x.astype(float32) is exactly what
+    # runtime.preprocess.to_batch(prepare(file) for each file) gives the model.
+    return ParityData(x.astype(np.float32), y, f"CIFAR-10 test split, {len(x)} images")
+
+
+def synthetic_inputs(n_random: int = N_RANDOM, n_patterned: int = N_PATTERNED, seed: int = 0) -> ParityData:
+    """Uniform noise plus flat colours, gradients and checkerboards: fixed, no labels."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 255, (n_random, 32, 32, 3))
+    ramp = np.linspace(0, 255, 32)
+    patterns = []
+    for i in range(n_patterned):
+        colour = rng.uniform(0, 255, 3)
+        kind = i % 4
+        if kind == 0:  # flat colour
+            img = np.broadcast_to(colour, (32, 32, 3))
+        elif kind == 1:  # horizontal gradient tinted by the colour
+            img = ramp[None, :, None] * (colour / 255.0)[None, None, :] * np.ones((32, 1, 1))
+        elif kind == 2:  # checkerboard of the colour and its complement
+            board = (np.add.outer(np.arange(32), np.arange(32)) // (1 + i % 8)) % 2
+            img = np.where(board[..., None] == 1, colour, 255 - colour)
+        else:  # vertical gradient plus mild noise
+            img = ramp[:, None, None] * np.ones((1, 32, 3)) * 0.5 + colour * 0.5 + rng.normal(0, 8, (32, 32, 3))
+        patterns.append(np.clip(img, 0, 255))
+    batch = np.concatenate([noise, np.stack(patterns)]).astype(np.float32) if n_patterned else noise.astype(np.float32)
+    return ParityData(batch, None, f"synthetic: {n_random} random + {n_patterned} patterned inputs")
+
+
+# --- models -------------------------------------------------------------------------------
+
+def keras_predictor(model) -> Predict:
+    return lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+
+
+def onnx_predictor(model: str | os.PathLike | bytes | object) -> Predict:
+    """An onnxruntime CPU session on a path, serialized bytes or a ModelProto."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = os.fspath(model)
+    try:
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        name = model if isinstance(model, str) else "<in-memory model>"
+        raise ModelError(f"{name}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+    input_name = session.get_inputs()[0].name
+    return lambda batch: np.asarray(session.run(None, {input_name: batch})[0], dtype=np.float32)
+
+
+def load_predictor(path: str | os.PathLike) -> tuple[Predict, str]:
+    """(predict, variant) for a ``.keras`` or ``.onnx`` file; variant from the ONNX metadata."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.suffix == ".keras":
+        from .convert import load_keras
+
+        return keras_predictor(load_keras(path).model), "keras"
+    if path.suffix == ".onnx":
+        predict = onnx_predictor(path)
+        import onnxruntime as ort
+
+        meta = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        return predict, meta.custom_metadata_map.get(KEY_VARIANT, "fp32")
+    raise ModelError(f"{path}: unknown model type (expected a .keras or .onnx file)")
+
+
+def predict_all(predict: Predict, batch_nhwc: np.ndarray, label: str, quiet: bool = False) -> np.ndarray:
+    """(N, 10) outputs, in BATCH_SIZE chunks, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    chunks = []
+    with tqdm(total=len(batch_nhwc), desc=label, unit="img", file=sys.stderr, disable=quiet, leave=False) as bar:
+        for start in range(0, len(batch_nhwc), BATCH_SIZE):
+            chunk = batch_nhwc[start:start + BATCH_SIZE]
+            chunks.append(predict(chunk))
+            bar.update(len(chunk))
+    return np.concatenate(chunks)
+
+
+# --- comparison ---------------------------------------------------------------------------
+
+@dataclass
+class ParityEntry:
+    variant: str
+    file: str
+    data: str
+    n: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    reference_accuracy: float | None  # percent, None without labels
+    candidate_accuracy: float | None
+    accuracy_drop_points: float | None
+    thresholds: dict
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    file_size_bytes: int | None = None
+    seconds: float | None = None
+
+    def for_metadata(self) -> dict:
+        """What goes into the ONNX file itself (the file's own name and size are not known yet)."""
+        entry = asdict(self)
+        for key in ("file", "file_size_bytes"):
+            entry.pop(key)
+        return entry
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None,
+            thresholds: Thresholds, *, variant: str, file: str, data: str) -> ParityEntry:
+    """Figures and verdict for two (N, 10) output arrays of the same inputs."""
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
+    agreement = float(np.mean(ref_top1 == cand_top1))
+    ref_acc = cand_acc = drop = None
+    if labels is not None:
+        ref_acc = float(np.mean(ref_top1 == labels) * 100)
+        cand_acc = float(np.mean(cand_top1 == labels) * 100)
+        drop = ref_acc - cand_acc
+    entry = ParityEntry(variant=variant, file=file, data=data, n=len(reference),
+                        max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+                        top1_agreement=agreement, reference_accuracy=ref_acc,
+                        candidate_accuracy=cand_acc, accuracy_drop_points=drop,
+                        thresholds=asdict(thresholds), passed=True)
+    entry.failures = _violations(entry, thresholds)
+    entry.passed = not entry.failures
+    return entry
+
+
+def _violations(entry: ParityEntry, t: Thresholds) -> list[str]:
+    failures = []
+    if t.min_agreement is not None and entry.top1_agreement < t.min_agreement:
+        failures.append(f"top-1 agreement {entry.top1_agreement:.2%} < {t.min_agreement:.2%}")
+    if t.max_abs_diff is not None and entry.max_abs_diff > t.max_abs_diff:
+        failures.append(f"max abs diff {entry.max_abs_diff:.3g} > {t.max_abs_diff:.3g}")
+    if t.max_accuracy_drop is not None:
+        if entry.accuracy_drop_points is None:
+            pass  # no labels: cannot gate accuracy, the table says "n/a"
+        elif entry.accuracy_drop_points > t.max_accuracy_drop:
+            failures.append(f"accuracy drop {entry.accuracy_drop_points:.2f} points > {t.max_accuracy_drop:g}")
+    return failures
+
+
+# --- report -------------------------------------------------------------------------------
+
+@dataclass
+class ParityReport:
+    reference: str
+    reference_sha256: str | None
+    data: str
+    created: str
+    entries: list[ParityEntry] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(e.passed for e in self.entries)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{e.variant}: {f}" for e in self.entries for f in e.failures]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        try:
+            with atomic_write(path) as fh:
+                json.dump(self.to_dict(), fh, indent=2)
+                fh.write("\n")
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot write the parity report ({exc.strerror or exc})") from None
+        return path
+
+    def table(self) -> str:
+        return format_table(self)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
+def format_table(report: ParityReport) -> str:
+    header = ("variant", "file", "size", "max|dp|", "mean|dp|", "top-1 agree", "ref acc", "acc", "drop", "result")
+    rows = [header]
+    for e in report.entries:
+        size = "" if e.file_size_bytes is None else f"{e.file_size_bytes / 1024:.0f} KiB"
+        drop = "n/a" if e.accuracy_drop_points is None else f"{e.accuracy_drop_points:+.2f} pt"
+        rows.append((e.variant, Path(e.file).name, size, f"{e.max_abs_diff:.2e}", f"{e.mean_abs_diff:.2e}",
+                     f"{e.top1_agreement:.2%}", _pct(e.reference_accuracy), _pct(e.candidate_accuracy),
+                     drop, "PASS" if e.passed else "FAIL"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines = [f"reference: {report.reference}", f"data: {report.data}"]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for e in report.entries:
+        gates = ", ".join(f"{k}={v:g}" for k, v in e.thresholds.items() if v is not None) or "none"
+        lines.append(f"{e.variant} thresholds: {gates}" + (f"; FAILED: {'; '.join(e.failures)}" if e.failures else ""))
+    lines += report.notes
+    if report.stages:
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""The export job: convert, check, measure parity, build variants, write files and report.
+
+    result = export_model("runs/tiny/model.keras", ExportConfig(int8=True, fp16=True), data="cifar10")
+
+Every stage is timed; every file is written atomically; the report is written even when a
+threshold fails, and only then is ThresholdError raised.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import DataError, ModelError, ThresholdError
+
+from . import convert, metadata
+from .parity import (DEFAULT_THRESHOLDS, ParityData, ParityReport, Thresholds, compare, keras_predictor,
+                     load_test_split, onnx_predictor, predict_all, synthetic_inputs)
+from .quantize import Int8Config, calibration_from_cifar, calibration_from_folder, convert_fp16, quantize_int8
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = convert.DEFAULT_OPSET
+    int8: bool = False
+    fp16: bool = False
+    int8_config: Int8Config = Int8Config()
+    # Per-variant threshold overrides; None keeps parity.DEFAULT_THRESHOLDS.
+    fp32_thresholds: Thresholds | None = None
+    int8_thresholds: Thresholds | None = None
+    fp16_thresholds: Thresholds | None = None
+    test_limit: int | None = None  # parity on the first N test images (tests); None = all 10000
+    quiet: bool = False  # no progress bars
+
+
+@dataclass
+class ExportResult:
+    onnx_paths: dict[str, Path]  # variant → file
+    report_path: Path
+    report: ParityReport
+    metadata: dict[str, dict] = field(default_factory=dict)  # variant → what was written
+
+
+def output_paths(source: Path, output: str | os.PathLike | None) -> tuple[Path, dict[str, Path], Path]:
+    fp32 = Path(output) if output else source.with_suffix(".onnx")
+    stem = fp32.with_suffix("")
+    return fp32, {"int8": Path(f"{stem}-int8.onnx"), "fp16": Path(f"{stem}-fp16.onnx")}, Path(f"{stem}.parity.json")
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ModelError(f"{path}: output path is a directory (pass -o FILE.onnx)")
+    if not parent.is_dir():
+        raise ModelError(f"{path}: cannot write output, directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ModelError(f"{path}: cannot write output, permission denied")
+
+
+def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportConfig(), *,
+                 output: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+                 calibration: str | os.PathLike | None = None) -> ExportResult:
+    source = Path(model_path)
+    fp32_path, variant_paths, report_path = output_paths(source, output)
+    if config.int8 and data is None and calibration is None:
+        raise DataError("calibration data missing: pass --data DIR (CIFAR-10 with a train split) "
+                        "or --calibration DIR (a folder of images) for --int8")
+    _check_writable(fp32_path)
+    stages: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - start, 2)
+        return value
+
+    keras_source = timed("load", convert.load_keras, source)
+    source_sha = metadata.sha256_file(source)
+    created = metadata.utc_now()
+    parity_data: ParityData = timed("data", load_test_split, data, config.test_limit) if data else synthetic_inputs()
+    calib = held_out = None
+    if config.int8:  # fail on missing calibration data before any long work
+        if calibration is not None:
+            calib = timed("data", calibration_from_folder, calibration, config.int8_config.calib_images,
+                          config.int8_config.seed)
+        else:
+            calib, held_out = timed("data", calibration_from_cifar, data, config.int8_config.calib_images,
+                                    config.int8_config.seed)
+
+    fp32_proto = timed("convert", convert.to_onnx, keras_source, config.opset)
+    timed("check", convert.check_onnx, fp32_proto)
+    reference = timed("parity_keras", predict_all, keras_predictor(keras_source.model), parity_data.batch_nhwc,
+                      "keras", config.quiet)
+
+    report = ParityReport(reference=str(source), reference_sha256=source_sha, data=parity_data.description,
+                          created=created)
+    if parity_data.labels is None:
+        report.notes.append("no --data: compared on synthetic inputs, so accuracy is not measured")
+    result = ExportResult(onnx_paths={}, report_path=report_path, report=report)
+
+    variants: list[tuple[str, object, dict | None]] = [("fp32", fp32_proto, None)]
+    if config.int8:
+        int8 = timed("quantize_int8", quantize_int8, fp32_proto, calib, config.int8_config, held_out)
+        variants.append(("int8", int8.model_proto, {**int8.recipe, "trials": int8.trials}))
+    if config.fp16:
+        fp16_proto, recipe = timed("convert_fp16", convert_fp16, fp32_proto)
+        variants.append(("fp16", fp16_proto, recipe))
+
+    overrides = {"fp32": config.fp32_thresholds, "int8": config.int8_thresholds, "fp16": config.fp16_thresholds}
+    for variant, proto, recipe in variants:
+        path = fp32_path if variant == "fp32" else variant_paths[variant]
+        start = time.perf_counter()
+        candidate = predict_all(onnx_predictor(proto), parity_data.batch_nhwc, variant, config.quiet)
+        entry = compare(reference, candidate, parity_data.labels, overrides[variant] or DEFAULT_THRESHOLDS[variant],
+                        variant=variant, file=str(path), data=parity_data.description)
+        entry.seconds = round(time.perf_counter() - start, 2)
+        stages[f"parity_{variant}"] = entry.seconds
+        prov = metadata.provenance(source, source_sha, config.opset, created, recipe)
+        metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
+                                output_kind=keras_source.output_kind, provenance_info=prov,
+                                parity=entry.for_metadata())
+        entry.file_size_bytes = timed("save", convert.save_onnx, proto, path)
+        report.entries.append(entry)
+        result.onnx_paths[variant] = path
+        result.metadata[variant] = {"provenance": prov, "parity": entry.for_metadata()}
+
+    report.stages = stages
+    report.write(report_path)
+    if not report.passed:
+        raise ThresholdError(
+            f"parity check failed: {'; '.join(report.failures)}. The .onnx files were written but "
+            f"did not pass; see {report_path}")
+    return result
+
+
+def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLike], *,
+                 data: str | os.PathLike | None = None, thresholds: Thresholds | None = None,
+                 test_limit: int | None = None, quiet: bool = False) -> ParityReport:
+    """Compare any models (.keras or .onnx) against a reference on the same inputs.
+
+    ``thresholds`` override, per field, each candidate's variant defaults (read from its
+    metadata; FP32's for a .keras or an unlabelled file). Raises nothing on a failure: look at
+    ``report.passed``.
+    """
+    from .parity import load_predictor
+
+    reference = Path(reference)
+    ref_predict, _ = load_predictor(reference)
+    loaded = [(Path(c), *load_predictor(c)) for c in candidates]
+    parity_data = load_test_split(data, test_limit) if data else synthetic_inputs()
+    report = ParityReport(reference=str(reference), reference_sha256=metadata.sha256_file(reference),
+                          data=parity_data.description, created=metadata.utc_now())
+    if parity_data.labels is None:
+        report.notes.append("no --data: compared on synthetic inputs, so accuracy is not measured")
+    start = time.perf_counter()
+    ref_out = predict_all(ref_predict, parity_data.batch_nhwc, reference.name, quiet)
+    report.stages["reference"] = round(time.perf_counter() - start, 2)
+    for path, predict, variant in loaded:
+        start = time.perf_counter()
+        out = predict_all(predict, parity_data.batch_nhwc, path.name, quiet)
+        gates = DEFAULT_THRESHOLDS.get(variant, DEFAULT_THRESHOLDS["fp32"])
+        if thresholds is not None:
+            gates = gates.override(**{k: getattr(thresholds, k) for k in thresholds.__dataclass_fields__})
+        entry = compare(ref_out, out, parity_data.labels, gates, variant=variant, file=str(path),
+                        data=parity_data.description)
+        entry.file_size_bytes = path.stat().st_size
+        entry.seconds = round(time.perf_counter() - start, 2)
+        report.stages[path.name] = entry.seconds
+        report.entries.append(entry)
+    return report

@@ -1,0 +1,214 @@
+"""Edge variants: static INT8 (onnxruntime, QDQ, per-channel) and FP16 weights.
+
+File in, file out, as onnxruntime's own tools: the FP32 ModelProto goes in, a ModelProto comes
+out. Calibration images are raw RGB pixels prepared by ``runtime.preprocess``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import DataError, ModelError
+from runtime.preprocess import prepare, to_batch
+
+CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a time
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    calib_images: int = 1024  # training images; 1k-2k is where MinMax ranges stop moving
+    method: str = "minmax"  # "minmax" | "percentile" | "entropy"
+    aim_drop_points: float = 0.3  # keep layers in float until the drop on held-out images is below this
+    max_float_layers: int = 3  # ... but never more than this many besides the Softmax
+    seed: int = 0  # which training images calibrate
+
+
+@dataclass
+class Int8Result:
+    model_proto: object
+    recipe: dict  # goes into provenance.quantization
+    trials: list[dict] = field(default_factory=list)
+
+
+# --- calibration data ---------------------------------------------------------------------
+
+def calibration_from_cifar(data: str | os.PathLike, n: int, seed: int = 0, n_select: int = 2000):
+    """(calibration batch, held-out (batch, labels) for choosing float layers) from the train split.
+
+    train.data decodes through runtime.preprocess.load_image and keeps only 32x32 images, for
+    which prepare() is the identity: x.astype(float32) equals runtime.preprocess.to_batch.
+    """
+    from train.data import load_cifar10
+
+    cifar = load_cifar10(data, splits=("train",))
+    if len(cifar.x_train) == 0:
+        raise DataError(f"{data}: calibration data missing (the train split is empty)")
+    order = np.random.default_rng(seed).permutation(len(cifar.x_train))
+    calib = order[:n]
+    select = order[n:n + n_select]
+    held_out = (cifar.x_train[select].astype(np.float32), cifar.y_train[select]) if len(select) else None
+    return cifar.x_train[calib].astype(np.float32), held_out
+
+
+def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0) -> np.ndarray:
+    """Any folder of images (any size): each goes through runtime.preprocess.prepare."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: calibration data missing (no such directory)")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: calibration data missing (no .jpg/.png images inside)")
+    pick = np.random.default_rng(seed).permutation(len(files))[:n]
+    return to_batch([prepare(files[i]) for i in sorted(pick)])  # (n, 32, 32, 3) float32 raw
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol: get_next() → {input: batch} or None."""
+
+    def __init__(self, input_name: str, batch_nhwc: np.ndarray):
+        self.input_name = input_name
+        self.chunks = [batch_nhwc[i:i + CALIB_BATCH] for i in range(0, len(batch_nhwc), CALIB_BATCH)]
+        self.rewind()
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter({self.input_name: c} for c in self.chunks)
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates instead of calling get_next
+        return iter({self.input_name: c} for c in self.chunks)
+
+
+# --- INT8 ---------------------------------------------------------------------------------
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+def _quantize_once(pre_path: Path, out_path: Path, calib: np.ndarray, method: str, exclude: list[str]):
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(os.fspath(pre_path), load_external_data=False).graph.input[0].name
+    quantize_static(os.fspath(pre_path), os.fspath(out_path), _Reader(input_name, calib),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, calibrate_method=_method(method),
+                    extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
+    return onnx.load(os.fspath(out_path))
+
+
+def rank_layers_by_error(float_path: Path, qdq_path: Path, batch_nhwc: np.ndarray) -> list[tuple[str, float]]:
+    """(node name, SQNR dB) of quantized nodes, worst first: onnxruntime's qdq_loss_debug.
+
+    The SQNR compares each node's float output with the same tensor after its own QDQ pair,
+    so a low value points at the layer where quantization itself loses signal.
+    """
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    work = qdq_path.parent
+    input_name = onnx.load(os.fspath(float_path)).graph.input[0].name
+    aug_float, aug_qdq = work / "aug_float.onnx", work / "aug_qdq.onnx"
+    modify_model_output_intermediate_tensors(os.fspath(float_path), os.fspath(aug_float))
+    modify_model_output_intermediate_tensors(os.fspath(qdq_path), os.fspath(aug_qdq))
+    sample = batch_nhwc[:256]
+    float_acts = collect_activations(os.fspath(aug_float), _Reader(input_name, sample))
+    qdq_acts = collect_activations(os.fspath(aug_qdq), _Reader(input_name, sample))
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    producer = {out: node.name for node in onnx.load(os.fspath(float_path)).graph.node for out in node.output}
+    ranked = [(producer[t], float(e["qdq_err"])) for t, e in errors.items()
+              if t in producer and "qdq_err" in e]
+    return sorted(ranked, key=lambda item: item[1])
+
+
+def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config(),
+                  held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Int8Result:
+    """Static INT8: pre-process (symbolic shapes, fusions), calibrate, QDQ per-channel.
+
+    The final Softmax always stays float (its input range is wide, its output in [0, 1]: a
+    uint8 scale loses the small probabilities). With ``held_out`` labelled images, layers are
+    kept in float one at a time, worst SQNR first, until the accuracy drop is below
+    ``config.aim_drop_points``.
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .parity import onnx_predictor
+
+    if len(calib) == 0:
+        raise DataError("calibration data missing: no calibration images")
+    with tempfile.TemporaryDirectory(prefix="cifar-edge-int8-") as tmp:
+        tmp = Path(tmp)
+        float_path, pre_path, out_path = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / "int8.onnx"
+        onnx.save(fp32_proto, os.fspath(float_path))
+        try:
+            quant_pre_process(os.fspath(float_path), os.fspath(pre_path))
+        except Exception as exc:
+            raise ModelError(f"INT8 pre-processing (symbolic shape inference) failed: {str(exc)[:200]}") from None
+        pre_graph = onnx.load(os.fspath(pre_path)).graph
+        softmax = [n.name for n in pre_graph.node if n.op_type == "Softmax"]
+
+        def accuracy(proto) -> float:
+            x, y = held_out
+            predict = onnx_predictor(proto)
+            top1 = np.concatenate([predict(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+            return float(np.mean(top1 == y) * 100)
+
+        exclude = list(softmax)
+        proto = _quantize_once(pre_path, out_path, calib, config.method, exclude)
+        trials: list[dict] = []
+        ranked: list[tuple[str, float]] = []
+        if held_out is not None:
+            base = accuracy(fp32_proto)
+            drop = base - accuracy(proto)
+            trials.append({"float_layers": list(exclude), "held_out_drop_points": round(drop, 3)})
+            if drop > config.aim_drop_points:
+                ranked = rank_layers_by_error(pre_path, out_path, held_out[0])
+                candidates = [name for name, _ in ranked if name not in exclude][:config.max_float_layers]
+                for name in candidates:
+                    exclude.append(name)
+                    trial = _quantize_once(pre_path, out_path, calib, config.method, exclude)
+                    trial_drop = base - accuracy(trial)
+                    trials.append({"float_layers": list(exclude), "held_out_drop_points": round(trial_drop, 3)})
+                    if trial_drop < drop:
+                        proto, drop = trial, trial_drop
+                    else:
+                        exclude.remove(name)  # keeping it float did not help: quantize it again
+                    if drop <= config.aim_drop_points:
+                        break
+    recipe = {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ", "per_channel": True, "activations": "QUInt8", "weights": "QInt8",
+        "calibration_method": config.method, "calibration_images": int(len(calib)),
+        "preprocess": "quant_pre_process (symbolic shape inference, ORT fusions)",
+        "float_layers": exclude,
+        "worst_layers_sqnr_db": [[n, round(s, 2)] for n, s in ranked[:5]],
+    }
+    return Int8Result(proto, recipe, trials)
+
+
+# --- FP16 ---------------------------------------------------------------------------------
+
+def convert_fp16(fp32_proto):
+    """Float16 weights and compute; float32 input and output kept, so callers do not change."""
+    import copy
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(copy.deepcopy(fp32_proto), keep_io_types=True)
+    recipe = {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
+              "weights": "float16", "io_types": "float32 (keep_io_types=True)"}
+    return proto, recipe

@@ -1,0 +1,45 @@
+"""Files shipped inside the package: the bundled model(s) and the sample images.
+
+``CIFAR_EDGE_ASSETS`` (or the module attribute ``ASSETS_DIR``) points the model lookup
+elsewhere; tests use it for a placeholder model, since none is bundled until training is done.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModelError
+
+PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR: Path | None = None  # overrides the env var and the package directory when set
+ASSETS_ENV = "CIFAR_EDGE_ASSETS"
+# Preference order: the int8 model is smaller and faster on a Pi; fp32 when it is absent.
+MODEL_NAMES = ("model-int8.onnx", "model.onnx")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm", ".pbm")
+
+
+def assets_dir() -> Path:
+    if ASSETS_DIR is not None:
+        return Path(ASSETS_DIR)
+    env = os.environ.get(ASSETS_ENV)
+    return Path(env) if env else PACKAGE_ASSETS
+
+
+def default_model() -> Path:
+    """The bundled model, or a ModelError saying how to supply one."""
+    where = assets_dir()
+    for name in MODEL_NAMES:
+        if (where / name).is_file():
+            return where / name
+    raise ModelError(
+        f"no model is bundled in {where} (looked for {', '.join(MODEL_NAMES)}); "
+        "pass --model PATH to a model exported with `cifar-export`"
+    )
+
+
+def sample_images() -> list[Path]:
+    """The bundled CIFAR-10 test images, one per class (always from the package itself)."""
+    samples = PACKAGE_ASSETS / "samples"
+    return sorted(p for p in samples.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,247 @@
+"""``Classifier``: a cifar-edge ONNX model in onnxruntime, described by its own metadata.
+
+The model carries its class names and input contract (see ``runtime.contract``); the
+classifier reads them, feeds the model exactly what ``runtime.preprocess`` produces (raw
+0-255 float32 NHWC; scaling is inside the graph) and returns top-k labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from . import preprocess
+from .contract import KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT, KEY_OUTPUT, KEY_VARIANT, InputContract
+from .errors import CifarEdgeError, ImageError, ModelError, ProviderError
+from .providers import resolve, short_name
+
+DISPLAY_SIZE = (1024, 1024)  # px: decode size of images kept for annotation (JPEG draft)
+HOW_TO_EXPORT = ("export the Keras model with `cifar-export`, which writes the class names and "
+                 "input contract into the ONNX metadata")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: the top-k (label, probability) pairs, best first."""
+
+    top_k: tuple[tuple[str, float], ...]
+    probabilities: np.ndarray  # (num_classes,) float32, sums to 1
+    infer_ms: float = 0.0  # onnxruntime time for the batch this image was in
+
+    @property
+    def label(self) -> str:
+        return self.top_k[0][0]
+
+    @property
+    def confidence(self) -> float:
+        return self.top_k[0][1]
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "confidence": round(self.confidence, 6),
+                "top_k": [{"label": name, "probability": round(p, 6)} for name, p in self.top_k]}
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """A prediction for one input source, or the error that stopped it."""
+
+    source: str
+    prediction: Prediction | None = None
+    error: str | None = None
+    image_rgb: Image.Image | None = None  # the decoded image, kept only when asked for
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Classifier:
+    """Load ``model_path`` (a cifar-edge ONNX file) on ``provider`` with ``threads`` intra-op
+    threads (0 = onnxruntime's default).
+
+    >>> clf = Classifier("model-int8.onnx")
+    >>> clf.predict("cat.jpg").label
+    """
+
+    def __init__(self, model_path: str | os.PathLike, provider: str = "auto", threads: int = 0,
+                 top_k: int = 3):
+        import onnxruntime as ort  # imported here so `import runtime` stays light
+
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: no such model file")
+        if threads < 0:
+            raise ModelError(f"threads must be >= 0, got {threads}")
+        providers = resolve(provider)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: warnings about unused providers are noise
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind types for bad files
+            raise ModelError(f"{self.model_path}: onnxruntime cannot load it "
+                             f"({type(exc).__name__}: {str(exc).strip()[:300]})") from None
+        # onnxruntime falls back to the CPU when a GPU provider fails to initialise; we don't.
+        if providers[0] not in self.session.get_providers():
+            raise ProviderError(f"execution provider {short_name(providers[0])!r} failed to "
+                                f"initialise for {self.model_path} (onnxruntime fell back to "
+                                f"{', '.join(map(short_name, self.session.get_providers()))})")
+        self.provider = short_name(self.session.get_providers()[0])
+        self.threads = threads
+        self.top_k = top_k
+        self._read_metadata()
+
+    def _read_metadata(self) -> None:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in (KEY_FORMAT, KEY_CLASS_NAMES, KEY_INPUT) if k not in meta]
+        if missing:
+            raise ModelError(f"{self.model_path} has no cifar-edge metadata (missing "
+                             f"{', '.join(missing)}); {HOW_TO_EXPORT}")
+        try:
+            self.class_names: tuple[str, ...] = tuple(json.loads(meta[KEY_CLASS_NAMES]))
+            self.contract = InputContract.from_json(meta[KEY_INPUT])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"{self.model_path}: unreadable cifar-edge metadata ({exc}); "
+                             f"{HOW_TO_EXPORT}") from None
+        self.output_kind = meta.get(KEY_OUTPUT, "probabilities")
+        self.variant = meta.get(KEY_VARIANT, "unknown")
+        self.metadata = dict(meta)
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelError(f"{self.model_path}: expected one input and an output, got "
+                             f"{len(inputs)} inputs and {len(outputs)} outputs")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        shape = list(inputs[0].shape)  # e.g. ['N', 32, 32, 3]; strings are dynamic dims
+        c = self.contract
+        expected = [c.height, c.width, c.channels] if c.layout == "NHWC" else [c.channels, c.height, c.width]
+        if len(shape) != 4 or any(isinstance(s, int) and s != e for s, e in zip(shape[1:], expected)):
+            raise ModelError(f"{self.model_path}: input shape {shape} does not match the metadata "
+                             f"contract {c.layout} {expected}")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        n_out = outputs[0].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.class_names):
+            raise ModelError(f"{self.model_path}: the model has {n_out} outputs but the metadata "
+                             f"names {len(self.class_names)} classes")
+
+    def describe(self) -> str:
+        """One line for humans: which model runs where."""
+        return (f"model {self.model_path.name} ({self.variant}, {len(self.class_names)} classes, "
+                f"{self.contract.width}x{self.contract.height} {self.contract.resize}) "
+                f"on {self.provider}" + (f", {self.threads} threads" if self.threads else ""))
+
+    # -- inference -------------------------------------------------------------------------
+
+    def prepare(self, image=None, *, image_rgb=None, frame_bgr=None, resize: str | None = None) -> np.ndarray:
+        """One input -> (H, W, 3) uint8 RGB at the model's size, via ``runtime.preprocess``.
+
+        ``image`` is a path or a PIL image; arrays must be named: ``image_rgb=`` or
+        ``frame_bgr=`` (the colour order is never guessed). ``resize`` overrides the policy.
+        """
+        contract = self.contract if resize is None else dataclasses.replace(self.contract, resize=resize)
+        given = [x is not None for x in (image, image_rgb, frame_bgr)]
+        if sum(given) != 1:
+            raise ImageError("pass exactly one of: a path or PIL image, image_rgb=, frame_bgr=")
+        if image is not None:
+            if isinstance(image, np.ndarray):
+                raise ImageError("an array must be passed as image_rgb= or frame_bgr= "
+                                 "so its colour order is explicit")
+            return preprocess.prepare(image, contract)
+        if image_rgb is not None:
+            return preprocess.prepare_array(np.asarray(image_rgb), contract)
+        frame_bgr = np.asarray(frame_bgr)
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
+            raise ImageError(f"expected an (H, W, 3) BGR frame, got shape {frame_bgr.shape}")
+        return preprocess.prepare_array(frame_bgr[:, :, ::-1], contract)  # the one BGR->RGB
+
+    def run(self, prepared_hwc: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, float]:
+        """Prepared images -> ((N, num_classes) probabilities, milliseconds in onnxruntime)."""
+        batch = preprocess.to_batch(prepared_hwc, self.contract)  # (N, H, W, 3) float32 0-255
+        start = time.perf_counter()
+        if self.fixed_batch == 1 and len(batch) > 1:
+            out = np.concatenate([self.session.run([self.output_name], {self.input_name: b[None]})[0]
+                                  for b in batch])
+        else:
+            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        ms = (time.perf_counter() - start) * 1000.0
+        out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+        if self.output_kind == "logits":
+            out = _softmax(out)
+        return out, ms
+
+    def top_from(self, probs: np.ndarray, ms: float = 0.0, top_k: int | None = None) -> Prediction:
+        """(num_classes,) probabilities -> a Prediction with the top-k labels."""
+        k = min(top_k or self.top_k, len(self.class_names))
+        order = np.argsort(-probs, kind="stable")[:k]
+        return Prediction(tuple((self.class_names[i], float(probs[i])) for i in order), probs, ms)
+
+    def predict(self, image=None, *, image_rgb=None, frame_bgr=None, top_k: int | None = None,
+                resize: str | None = None) -> Prediction:
+        """Classify one image: a path or PIL image, or ``image_rgb=``/``frame_bgr=`` arrays."""
+        hwc = self.prepare(image, image_rgb=image_rgb, frame_bgr=frame_bgr, resize=resize)
+        probs, ms = self.run([hwc])
+        return self.top_from(probs[0], ms, top_k)
+
+    def predict_batch(self, images: Iterable, *, color_order: str = "RGB",
+                      top_k: int | None = None, batch_size: int = 32) -> list[Prediction]:
+        """Classify many paths/PIL images, or arrays in ``color_order`` ("RGB" or "BGR").
+        Raises on the first bad image; see ``predict_files`` for per-file errors.
+        """
+        if color_order not in ("RGB", "BGR"):
+            raise ImageError(f"color_order must be 'RGB' or 'BGR', got {color_order!r}")
+        key = "image_rgb" if color_order == "RGB" else "frame_bgr"
+        prepared = [self.prepare(**{key: x}) if isinstance(x, np.ndarray) else self.prepare(x)
+                    for x in images]
+        results: list[Prediction] = []
+        for i in range(0, len(prepared), batch_size):
+            probs, ms = self.run(prepared[i:i + batch_size])
+            results += [self.top_from(p, ms, top_k) for p in probs]
+        return results
+
+    def predict_files(self, sources: Iterable[str | os.PathLike], *, top_k: int | None = None,
+                      batch_size: int = 32, keep_images: bool = False) -> Iterator[FileResult]:
+        """Classify files in batches, yielding one FileResult per source in order; a bad file
+        becomes a result with ``error`` set and never stops the others.
+
+        With ``keep_images`` the decoded image (about DISPLAY_SIZE) rides along for annotation;
+        the model input is prepared exactly as without it.
+        """
+        pending: list[tuple[str, np.ndarray, Image.Image | None]] = []
+
+        def flush() -> Iterator[FileResult]:
+            if pending:
+                probs, ms = self.run([hwc for _, hwc, _ in pending])
+                for (src, _, img), p in zip(pending, probs):
+                    yield FileResult(src, self.top_from(p, ms, top_k), image_rgb=img)
+                pending.clear()
+
+        for source in sources:
+            name = os.fspath(source)
+            try:
+                hwc = self.prepare(name)  # the same decode as without keep_images
+                # For display only: a second decode, reduced where JPEG allows.
+                image = preprocess.load_image(name, draft_size=DISPLAY_SIZE) if keep_images else None
+            except CifarEdgeError as exc:
+                # Emit everything queued before this file first, so output keeps input order.
+                yield from flush()
+                yield FileResult(name, error=str(exc))
+                continue
+            pending.append((name, hwc, image))
+            if len(pending) >= batch_size:
+                yield from flush()
+        yield from flush()

@@ -1,0 +1,262 @@
+"""cifar-run: classify images, directories, globs or a live camera with a cifar-edge model.
+
+Images:  cifar-run photos/ cat.jpg 'shots/*.png' [--json|--csv] [--save DIR] [--grid FILE.png]
+Camera:  cifar-run --camera 0 [--headless] [--save out.mp4] [--max-frames N]
+
+With no --model the model bundled in the package is used; with no SOURCES the sample images
+bundled in the package are classified.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from . import bundled
+from .cli_support import run_cli, traceback_option
+from .errors import ExitCode, SourceError
+
+PROG = "cifar-run"
+SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _note(message: str) -> None:
+    click.echo(f"{PROG}: {message}", err=True)
+
+
+def _load_classifier(model: str | None, provider: str, threads: int, top_k: int):
+    from .classifier import Classifier
+
+    path = Path(model) if model else bundled.default_model()
+    clf = Classifier(path, provider=provider, threads=threads, top_k=top_k)
+    _note(clf.describe())
+    return clf
+
+
+def _unique_path(directory: Path, name: str, used: set[str]) -> Path:
+    stem, suffix = Path(name).stem, Path(name).suffix.lower()
+    suffix = suffix if suffix in SAVE_SUFFIXES else ".png"
+    candidate, n = f"{stem}{suffix}", 0
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}{suffix}"
+    used.add(candidate)
+    return directory / candidate
+
+
+def _format_top_k(prediction) -> str:
+    return ", ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
+
+
+def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, grid: Path | None,
+                    min_confidence: float, batch_size: int) -> int:
+    """Classify ``paths``, print one line each, write copies/grid; returns the exit code."""
+    from .annotate import TILE, annotate_image, contact_sheet
+    from .atomic import atomic_path
+
+    width = min(60, max([len("file")] + [len(p) for p in paths]))
+    writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
+    if fmt == "table":
+        click.echo(f"{'file':<{width}}  {'label':<12} {'conf':>6}  top-k")
+    elif writer:
+        writer.writerow(["file", "label", "confidence", "top_k", "error"])
+    used: set[str] = set()
+    sheet_items = []
+    failed = 0
+    keep = save_dir is not None or grid is not None
+    for result in clf.predict_files(paths, batch_size=batch_size, keep_images=keep):
+        pred = result.prediction
+        if not result.ok:
+            failed += 1
+        label = None
+        if pred is not None:
+            label = pred.label if pred.confidence >= min_confidence else "uncertain"
+        if fmt == "json":
+            row = {"file": result.source, **(pred.to_dict() if pred else {}), "error": result.error}
+            if pred is not None:
+                row["label"] = label
+                row["top_label"] = pred.label
+            click.echo(json.dumps(row))
+        elif writer:
+            writer.writerow([result.source, label or "", f"{pred.confidence:.6f}" if pred else "",
+                             _format_top_k(pred) if pred else "", result.error or ""])
+            sys.stdout.flush()
+        elif pred is not None:
+            click.echo(f"{result.source:<{width}}  {label:<12} {pred.confidence:>6.1%}  {_format_top_k(pred)}")
+        else:
+            click.echo(f"{result.source:<{width}}  {'ERROR':<12} {'':>6}  {result.error}")
+        image = result.image_rgb
+        if save_dir is not None and image is not None:
+            target = _unique_path(save_dir, Path(result.source).name, used)
+            with atomic_path(target) as tmp:
+                annotate_image(image, pred, min_confidence=min_confidence).save(
+                    tmp, format="JPEG" if target.suffix in (".jpg", ".jpeg") else None)
+        if grid is not None:
+            if image is not None and max(image.size) > TILE:
+                image = image.copy()
+                image.thumbnail((TILE, TILE))  # keep memory small for large runs
+            sheet_items.append((Path(result.source).name, image, pred))
+    if grid is not None:
+        with atomic_path(grid) as tmp:
+            contact_sheet(sheet_items, min_confidence=min_confidence).save(tmp, format="PNG")
+        _note(f"wrote contact sheet {grid}")
+    if save_dir is not None:
+        _note(f"wrote {len(used)} annotated cop{'y' if len(used) == 1 else 'ies'} to {save_dir}")
+    if failed:
+        _note(f"{failed} of {len(paths)} input(s) failed")
+        return ExitCode.PARTIAL
+    return ExitCode.OK
+
+
+def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, full_frame: bool,
+               smooth: int, min_confidence: float, reconnect: int, max_frames: int | None,
+               duration: float | None, realtime: bool = False) -> int:
+    """The live loop: classify, overlay, show or print, save. Stops cleanly on q/Esc,
+    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video."""
+    from . import video
+
+    stop = threading.Event()
+    signalled: list[int] = []
+
+    def on_signal(signum, _frame):
+        signalled.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    source = saver = window = None
+    try:
+        source = video.open_source(spec)
+        if save is not None:
+            saver = video.VideoSaver(save, fps=getattr(source, "fps", None) or 30.0)
+        window = None if headless else video.Window.try_open(f"{PROG} {spec}")
+        if window is None and not headless:
+            _note("no display: running headless")
+        _note(f"reading {'live source' if source.live else 'video file'} {spec}")
+        frames = 0
+        for result in video.classify_stream(
+                source, clf, full_frame=full_frame, smooth=smooth, min_confidence=min_confidence,
+                reconnect=reconnect, max_frames=max_frames, duration_s=duration,
+                pace_fps=(getattr(source, "fps", None) or 30.0) if realtime and not source.live else None,
+                stop=stop):
+            frames += 1
+            annotated = video.annotate_frame(result.frame_bgr, result)
+            if saver is not None:
+                saver.write(annotated)
+            if window is None:
+                if fmt == "json":
+                    click.echo(json.dumps(result.to_dict()))
+                else:
+                    click.echo(f"frame {result.index:>6}  {result.label:<12} "
+                               f"{result.prediction.confidence:>6.1%}  "
+                               f"{result.infer_ms:6.1f} ms  {result.fps:5.1f} fps")
+                continue
+            key = window.show(annotated)
+            paused = False
+            while True:
+                if key in (ord("q"), 27):
+                    stop.set()
+                elif key == ord(" "):
+                    paused = not paused
+                elif key == ord("s"):
+                    shot = video.save_snapshot(annotated, f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}"
+                                               f"-{result.index}.png")
+                    _note(f"saved {shot}")
+                if not paused or stop.is_set():
+                    break
+                key = window.wait_key(50)
+        _note(f"{frames} frame(s) classified")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if window is not None:
+            window.close()
+        if source is not None:
+            source.release()
+        if saver is not None:
+            written = saver.close()
+            if written:
+                _note(f"wrote {written} ({saver.frames} frames)")
+    if signalled:
+        _note("stopped by " + signal.Signals(signalled[0]).name)
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
+@click.argument("sources", nargs=-1)
+@click.option("--model", "-m", type=click.Path(dir_okay=False),
+              help="ONNX model exported by cifar-export [default: the bundled model].")
+@click.option("--provider", default="auto", show_default=True,
+              help="Execution provider: auto, cpu, cuda, tensorrt, openvino, coreml, dml, ...")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="onnxruntime intra-op threads (0 = onnxruntime's default).")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many labels to report per input.")
+@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Below this top probability the label is shown as 'uncertain'.")
+@click.option("--json", "fmt", flag_value="json", help="One JSON object per line.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")
+@click.option("--save", type=click.Path(), help="Images: a directory for annotated copies. "
+              "Camera: a video file (.mp4/.avi) for the annotated stream.")
+@click.option("--grid", type=click.Path(dir_okay=False), help="Write a contact sheet (PNG) of all inputs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per onnxruntime call.")
+@click.option("--camera", metavar="SRC", help="Classify live video: camera index (0), device "
+              "path, video file, rtsp:// or http:// URL, or GStreamer pipeline.")
+@click.option("--full-frame", is_flag=True, help="Camera: classify the whole frame, not the centre square.")
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Camera: average probabilities over this many recent frames.")
+@click.option("--headless", is_flag=True, help="Camera: no window; print one line per frame "
+              "(automatic when there is no display).")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Camera: stop after N frames.")
+@click.option("--duration", type=click.FloatRange(min=0.0, min_open=True),
+              help="Camera: stop after S seconds.")
+@click.option("--reconnect", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Camera: reopen a live source that stops delivering frames this many times.")
+@click.option("--realtime", is_flag=True,
+              help="Camera: play a video file at its own frame rate, as a camera would deliver it.")
+@traceback_option
+def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
+         camera, full_frame, smooth, headless, max_frames, duration, reconnect, realtime,
+         show_traceback):
+    fmt = fmt or "table"
+
+    def body() -> int:
+        if camera is not None:
+            if sources or grid:
+                raise click.UsageError("--camera cannot be combined with image SOURCES or --grid")
+            clf = _load_classifier(model, provider, threads, top_k)
+            return run_camera(clf, camera, save=Path(save) if save else None, headless=headless,
+                              fmt=fmt, full_frame=full_frame, smooth=smooth,
+                              min_confidence=min_confidence, reconnect=reconnect,
+                              max_frames=max_frames, duration=duration, realtime=realtime)
+        from .inputs import expand_sources
+
+        save_dir = Path(save) if save else None
+        if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
+            raise SourceError(f"--save {save_dir}: exists and is not a directory")
+        clf = _load_classifier(model, provider, threads, top_k)
+        if sources:
+            paths = list(expand_sources(sources))
+            if not paths:
+                raise SourceError("no input paths (stdin was empty)")
+        else:
+            paths = [str(p) for p in bundled.sample_images()]
+            _note(f"no SOURCES given: classifying the {len(paths)} sample images bundled with "
+                  "the package")
+        return classify_images(clf, paths, fmt=fmt, save_dir=save_dir,
+                               grid=Path(grid) if grid else None, min_confidence=min_confidence,
+                               batch_size=batch_size)
+
+    run_cli(PROG, body, show_traceback)
+
+
+if __name__ == "__main__":
+    main()

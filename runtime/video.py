@@ -1,0 +1,386 @@
+"""Live video: frame sources, the classify loop, the overlay and the saved video.
+
+All OpenCV code of the package is in this module, and ``cv2`` is imported only inside its
+functions, so image-only installs never need it. Frames are ``frame_bgr``: (H, W, 3) uint8 BGR.
+
+Pieces, each usable alone (a picamera2 source or an MJPEG live view plugs in the same way):
+  FrameSource        read() -> frame_bgr | None, release(); ``live`` sources may reopen()
+  OpenCVSource       camera index, device path, video file, RTSP/HTTP URL, GStreamer pipeline
+  LatestFrameReader  a thread that keeps only the newest frame of a live source
+  classify_stream    generator of FrameResult (frame, prediction, timings)
+  annotate_frame     pure: frame + result -> annotated copy
+  VideoSaver         annotated frames -> a video file, renamed into place when closed
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+import numpy as np
+
+from .errors import SourceError
+
+if TYPE_CHECKING:
+    from .classifier import Classifier, Prediction
+
+UNCERTAIN = "uncertain"
+_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise SourceError("video needs OpenCV: pip install 'cifar-edge[camera]' "
+                          "(or opencv-python-headless)") from None
+    return cv2
+
+
+class FrameSource(Protocol):
+    name: str
+    live: bool  # True: a camera or stream (frames can be dropped, may reconnect)
+
+    def read(self) -> np.ndarray | None:
+        """The next (H, W, 3) uint8 BGR frame, or None when none is coming."""
+
+    def release(self) -> None: ...
+
+
+def is_live(spec: str) -> bool:
+    return spec.isdigit() or spec.startswith("/dev/") or bool(_URL.match(spec)) or "!" in spec
+
+
+class OpenCVSource:
+    """A ``cv2.VideoCapture`` on ``spec``: "0" (camera index), "/dev/video0", a video file,
+    an rtsp:// or http:// URL, or a GStreamer pipeline (contains "!")."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.name = spec
+        self.live = is_live(spec)
+        self.cap = None
+        self.open()
+
+    def open(self) -> None:
+        cv2 = _cv2()
+        spec = self.spec
+        if "!" in spec:
+            if "GStreamer:                   YES" not in cv2.getBuildInformation():
+                raise SourceError(f"{spec!r} looks like a GStreamer pipeline, but this OpenCV "
+                                  "build has no GStreamer support")
+            cap = cv2.VideoCapture(spec, cv2.CAP_GSTREAMER)
+        elif spec.isdigit():
+            cap = cv2.VideoCapture(int(spec))
+        else:
+            if not self.live and not Path(spec).is_file():
+                raise SourceError(f"cannot open video source {spec!r}: no such file")
+            cap = cv2.VideoCapture(spec)
+        if not cap.isOpened():
+            cap.release()
+            kind = "camera" if spec.isdigit() or spec.startswith("/dev/") else "video source"
+            raise SourceError(f"cannot open {kind} {spec!r} (is it connected, readable and not "
+                              "used by another program?)")
+        self.cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 1.0 <= fps <= 240.0 else None
+
+    def read(self) -> np.ndarray | None:
+        if self.cap is None:
+            return None
+        ok, frame = self.cap.read()
+        return frame if ok and frame is not None and frame.size else None
+
+    def reopen(self) -> None:
+        self.release()
+        self.open()
+
+    def release(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class LatestFrameReader:
+    """Reads ``source`` on a background thread and keeps only the newest frame, so a slow
+    classifier never makes latency pile up. ``read`` waits up to ``timeout_s`` for a frame
+    newer than the last one returned, else returns None (the source stalled or ended)."""
+
+    live = True
+
+    def __init__(self, source: FrameSource, timeout_s: float = 2.0):
+        self.source = source
+        self.name = source.name
+        self.fps = getattr(source, "fps", None)
+        self.timeout_s = timeout_s
+        self._cond = threading.Condition()
+        self._start()
+
+    def _start(self) -> None:
+        self._frame: np.ndarray | None = None
+        self._seq = self._taken = 0
+        self._ended = self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"frames:{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            frame = self.source.read()
+            with self._cond:
+                if frame is None:
+                    self._ended = True
+                else:
+                    self._frame, self._seq = frame, self._seq + 1
+                self._cond.notify_all()
+            if frame is None:
+                return
+
+    def read(self) -> np.ndarray | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > self._taken or self._ended, self.timeout_s)
+            if self._seq > self._taken:
+                self._taken = self._seq
+                return self._frame
+            return None
+
+    def _stop(self) -> None:
+        self._stopping = True
+        self._thread.join(timeout=2.0)  # a read() blocked in the driver may outlive this
+
+    def reopen(self) -> None:
+        self._stop()
+        self.source.reopen()
+        self._start()
+
+    def release(self) -> None:
+        self._stop()
+        self.source.release()
+
+
+def open_source(spec: str, stall_timeout_s: float = 2.0) -> FrameSource:
+    """Open ``spec``; live sources get a LatestFrameReader, files are read frame by frame."""
+    source = OpenCVSource(spec)
+    return LatestFrameReader(source, stall_timeout_s) if source.live else source
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FrameResult:
+    index: int  # 0-based count of classified frames
+    frame_bgr: np.ndarray  # the frame as read, (H, W, 3) uint8 BGR
+    prediction: "Prediction"  # smoothed over recent frames when smoothing is on
+    label: str  # the top label, or "uncertain" below the confidence threshold
+    box: tuple[int, int, int, int] | None  # classified region (x0, y0, x1, y1); None = full frame
+    infer_ms: float  # preprocessing + onnxruntime for this frame
+    fps: float  # frames per second through the loop, smoothed
+
+    def to_dict(self) -> dict:
+        return {"frame": self.index, "label": self.label,
+                "confidence": round(self.prediction.confidence, 6),
+                "top_k": self.prediction.to_dict()["top_k"],
+                "infer_ms": round(self.infer_ms, 3), "fps": round(self.fps, 2)}
+
+
+def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+    side = min(width, height)
+    x0, y0 = (width - side) // 2, (height - side) // 2
+    return x0, y0, x0 + side, y0 + side
+
+
+def classify_stream(source: FrameSource, classifier: "Classifier", *, full_frame: bool = False,
+                    smooth: int = 1, min_confidence: float = 0.0, reconnect: int = 3,
+                    backoff_s: float = 0.5, max_frames: int | None = None,
+                    duration_s: float | None = None, pace_fps: float | None = None,
+                    stop: threading.Event | None = None) -> Iterator[FrameResult]:
+    """Classify frames from ``source`` until it ends, a bound is reached, or ``stop`` is set.
+
+    The centre square is classified (or the whole frame, stretched, with ``full_frame``).
+    ``smooth`` > 1 averages the probabilities of that many recent frames. A live source that
+    stops delivering is reopened up to ``reconnect`` times with doubling backoff, then a
+    SourceError is raised. ``pace_fps`` reads no faster than that rate (a video file played
+    as a camera would deliver it).
+    """
+    stop = stop or threading.Event()
+    history: deque[np.ndarray] = deque(maxlen=max(1, smooth))
+    started = last = time.monotonic()
+    fps = 0.0
+    index = failures = 0
+    while not stop.is_set():
+        if max_frames is not None and index >= max_frames:
+            return
+        if duration_s is not None and time.monotonic() - started >= duration_s:
+            return
+        if pace_fps and index and stop.wait(max(0.0, started + index / pace_fps - time.monotonic())):
+            return
+        frame_bgr = source.read()
+        if frame_bgr is None:
+            if not source.live:
+                return  # end of a video file
+            if failures >= reconnect:
+                raise SourceError(f"{source.name}: stopped delivering frames; gave up after "
+                                  f"{reconnect} reconnect attempt(s)")
+            failures += 1
+            if stop.wait(backoff_s * 2 ** (failures - 1)):
+                return
+            try:
+                source.reopen()  # type: ignore[attr-defined]
+            except SourceError:
+                pass  # counted; the next read fails again and we retry or give up
+            continue
+        failures = 0
+        t0 = time.perf_counter()
+        if full_frame:
+            box = None
+            prediction = classifier.predict(frame_bgr=frame_bgr, resize="stretch")
+        else:
+            box = center_square(frame_bgr.shape[1], frame_bgr.shape[0])
+            x0, y0, x1, y1 = box
+            prediction = classifier.predict(frame_bgr=frame_bgr[y0:y1, x0:x1])
+        infer_ms = (time.perf_counter() - t0) * 1000.0
+        if smooth > 1:
+            history.append(prediction.probabilities)
+            prediction = classifier.top_from(np.mean(history, axis=0), infer_ms)
+        now = time.monotonic()
+        if index:
+            instant = 1.0 / max(now - last, 1e-6)
+            fps = instant if fps == 0.0 else 0.9 * fps + 0.1 * instant
+        last = now
+        label = prediction.label if prediction.confidence >= min_confidence else UNCERTAIN
+        yield FrameResult(index, frame_bgr, prediction, label, box, infer_ms, fps)
+        index += 1
+
+
+# -- drawing and saving ---------------------------------------------------------------------
+
+def annotate_frame(frame_bgr: np.ndarray, result: FrameResult) -> np.ndarray:
+    """A copy of ``frame_bgr`` with the classified box, label, confidence, time and FPS."""
+    cv2 = _cv2()
+    out = frame_bgr.copy()
+    h, w = out.shape[:2]
+    scale = max(0.35, min(w, h) / 600.0)  # text scale relative to the frame size
+    thick = max(1, round(scale * 2))
+    if result.box is not None:
+        x0, y0, x1, y1 = result.box
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), thick)
+    color = (0, 200, 255) if result.label == UNCERTAIN else (255, 255, 255)
+    lines = [(f"{result.label} {result.prediction.confidence:.0%}", color),
+             (f"{result.infer_ms:.1f} ms  {result.fps:.1f} fps", (200, 200, 200))]
+    y = 0
+    for text, col in lines:
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        cv2.rectangle(out, (0, y), (tw + 8, y + th + base + 6), (0, 0, 0), -1)
+        cv2.putText(out, text, (4, y + th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, col, thick,
+                    cv2.LINE_AA)
+        y += th + base + 6
+    return out
+
+
+_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+class VideoSaver:
+    """Write frames to a temporary file beside ``target``; ``close`` renames it into place.
+
+    Closing finalises the container, so a run stopped by Ctrl+C or SIGTERM (which still
+    reaches ``close`` through ``finally``) leaves a playable video.
+    """
+
+    def __init__(self, target: str | os.PathLike, fps: float = 30.0):
+        self.target = Path(target)
+        suffix = self.target.suffix.lower()
+        if suffix not in _FOURCC:
+            raise SourceError(f"{self.target}: cannot write video with suffix {suffix!r}; "
+                              f"use one of {', '.join(_FOURCC)}")
+        self.fps = fps
+        self.frames = 0
+        self._writer = None
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=suffix,
+                                   dir=self.target.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        cv2 = _cv2()
+        h, w = frame_bgr.shape[:2]
+        if self._writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*_FOURCC[self.target.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise SourceError(f"{self.target}: OpenCV cannot open a video writer for it")
+            self._size = (w, h)
+        if (w, h) != self._size:  # a reconnected camera may change resolution
+            frame_bgr = cv2.resize(frame_bgr, self._size)
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def close(self) -> Path | None:
+        """Finish the file; returns the target, or None when no frame was written."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self.frames and self._tmp.exists():
+            os.replace(self._tmp, self.target)
+            return self.target
+        self._tmp.unlink(missing_ok=True)
+        return None
+
+    def __enter__(self) -> "VideoSaver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def save_snapshot(frame_bgr: np.ndarray, target: str | os.PathLike) -> Path:
+    from .atomic import atomic_path
+
+    cv2 = _cv2()
+    with atomic_path(target) as tmp:
+        if not cv2.imwrite(str(tmp), frame_bgr):
+            raise SourceError(f"{target}: OpenCV could not write the snapshot")
+    return Path(target)
+
+
+class Window:
+    """An OpenCV window; ``None`` from ``Window.try_open`` when no display can be used."""
+
+    def __init__(self, title: str):
+        self.cv2 = _cv2()
+        self.title = title
+        self.cv2.namedWindow(title, self.cv2.WINDOW_NORMAL)
+
+    @classmethod
+    def try_open(cls, title: str) -> "Window | None":
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                     or os.environ.get("WAYLAND_DISPLAY")):
+            return None
+        try:
+            return cls(title)
+        except Exception:  # cv2.error: a headless OpenCV build has no GUI
+            return None
+
+    def show(self, frame_bgr: np.ndarray, wait_ms: int = 1) -> int:
+        """Show the frame; returns the key pressed (-1 for none)."""
+        self.cv2.imshow(self.title, frame_bgr)
+        return self.wait_key(wait_ms)
+
+    def wait_key(self, wait_ms: int) -> int:
+        key = self.cv2.waitKey(wait_ms)
+        return -1 if key < 0 else key & 0xFF
+
+    def close(self) -> None:
+        try:
+            self.cv2.destroyWindow(self.title)
+            self.cv2.waitKey(1)
+        except Exception:
+            pass

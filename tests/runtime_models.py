@@ -1,0 +1,147 @@
+"""Tiny ONNX models with cifar-edge metadata, for the runtime tests.
+
+The graph is a deterministic colour classifier: image_rgb (N, 32, 32, 3) float32 0-255 ->
+mean over H, W -> (N, 3) / 255 -> MatMul W (3, 10) -> Softmax. Pure red is "airplane", pure
+green "automobile", pure blue "bird", yellow (red + green) "cat". ``reference_probabilities``
+computes the same in numpy, so tests can check the runtime feeds raw 0-255 pixels.
+
+``onnx`` is only in the full environment; the base environment uses the committed copies in
+tests/data (regenerate them with ``python tests/runtime_models.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES,  # noqa: E402
+                              KEY_FORMAT, KEY_INPUT, KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT,
+                              InputContract)
+
+DATA = Path(__file__).resolve().parent / "data"
+COMMITTED = {"contract": DATA / "tiny_contract.onnx", "no_metadata": DATA / "tiny_no_metadata.onnx"}
+
+
+def weights() -> np.ndarray:
+    """(3, 10) float32: strong colour columns for classes 0-3, small fixed values elsewhere."""
+    w = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 10)).astype(np.float32)
+    w[:, :4] = 0.0
+    w[0, 0] = w[1, 1] = w[2, 2] = 8.0
+    w[0, 3] = w[1, 3] = 5.0
+    return w
+
+
+def reference_probabilities(batch_nhwc: np.ndarray, output: str = "probabilities") -> np.ndarray:
+    """What the tiny model computes, in numpy: (N, 32, 32, 3) float 0-255 -> (N, 10)."""
+    logits = batch_nhwc.astype(np.float64).mean(axis=(1, 2)) / 255.0 @ weights()
+    if output == "logits":
+        return logits
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def metadata(class_names=CIFAR10_CLASSES, contract: InputContract | None = None,
+             output: str = "probabilities", variant: str = "fp32") -> dict[str, str]:
+    return {
+        KEY_FORMAT: FORMAT_VERSION,
+        KEY_CLASS_NAMES: json.dumps(list(class_names)),
+        KEY_INPUT: (contract or InputContract()).to_json(),
+        KEY_OUTPUT: output,
+        KEY_VARIANT: variant,
+        KEY_PROVENANCE: json.dumps({"source": "tests/runtime_models.py"}),
+    }
+
+
+def build_model(path: str | Path, *, meta: dict[str, str] | None = None, with_metadata: bool = True,
+                output: str = "probabilities", batch: int | str = "N", n_classes: int = 10,
+                height: int = 32, width: int = 32) -> Path:
+    """Write the tiny colour classifier to ``path`` (needs the ``onnx`` package)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = weights()
+    if n_classes != 10:
+        w = np.resize(w, (3, n_classes)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image_rgb"], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Mul", ["mean", "scale"], ["scaled"]),
+        helper.make_node("MatMul", ["scaled", "W"], ["logits"]),
+    ]
+    out_name = "logits"
+    if output == "probabilities":
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
+        out_name = "probabilities"
+    graph = helper.make_graph(
+        nodes, "tiny_colour_classifier",
+        [helper.make_tensor_value_info("image_rgb", TensorProto.FLOAT, [batch, height, width, 3])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [batch, n_classes])],
+        initializer=[numpy_helper.from_array(w, "W"),
+                     numpy_helper.from_array(np.array(1 / 255.0, np.float32), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="cifar-edge-tests")
+    model.ir_version = 8  # readable by any onnxruntime >= 1.14
+    if with_metadata:
+        helper.set_model_props(model, meta if meta is not None else metadata(output=output))
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+if __name__ == "__main__":
+    build_model(COMMITTED["contract"])
+    build_model(COMMITTED["no_metadata"], with_metadata=False)
+    for p in COMMITTED.values():
+        print(p, p.stat().st_size, "bytes")
+
+
+# -- pytest fixtures (imported by the tests/test_runtime_*.py modules) ---------------------
+
+import pytest  # noqa: E402
+
+
+def _has_onnx() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnx") is not None
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny colour classifier with full cifar-edge metadata."""
+    if _has_onnx():
+        return build_model(tmp_path_factory.mktemp("models") / "tiny_contract.onnx")
+    return COMMITTED["contract"]
+
+
+@pytest.fixture(scope="session")
+def no_metadata_model(tmp_path_factory) -> Path:
+    if _has_onnx():
+        return build_model(tmp_path_factory.mktemp("models") / "tiny_no_metadata.onnx",
+                           with_metadata=False)
+    return COMMITTED["no_metadata"]
+
+
+@pytest.fixture
+def bundled_assets(tmp_path, monkeypatch, tiny_model) -> Path:
+    """A placeholder bundled model: the assets directory points at a copy of the tiny model."""
+    import shutil
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(tiny_model, assets / "model-int8.onnx")
+    monkeypatch.setenv("CIFAR_EDGE_ASSETS", str(assets))
+    return assets
+
+
+def solid(rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> np.ndarray:
+    """(H, W, 3) uint8 RGB filled with one colour; ``size`` is (width, height)."""
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[...] = rgb
+    return arr

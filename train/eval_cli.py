@@ -1,0 +1,37 @@
+"""cifar-eval: a thin click wrapper over ``train.evaluate``."""
+
+from __future__ import annotations
+
+import click
+
+from runtime.cli_support import run_cli, traceback_option
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("model", type=click.Path())
+@click.option("--data", type=click.Path(), default=None,
+              help="CIFAR-10 on disk (same forms as cifar-train). Default: Keras' downloader.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Folder for report.json, confusion.png, grid.png. Default: eval-<model> beside the model.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only this many test images.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@traceback_option
+def main(model, data, out, limit, quiet, show_traceback):
+    """Evaluate a .keras or .onnx MODEL on the CIFAR-10 test split.
+
+    Prints overall accuracy and per-class precision/recall, and writes report.json, a
+    confusion matrix and a grid of predictions (misclassified images marked) as PNGs.
+    """
+
+    def body():
+        from .evaluate import evaluate
+
+        report = evaluate(model, data=data, out=out, limit=limit, quiet=quiet)
+        click.echo(report.table())
+        click.echo(f"\nwrote {report.files['report']}, {report.files['confusion']}, {report.files['grid']}")
+
+    run_cli("cifar-eval", body, show_traceback)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Evaluation: accuracy, per-class precision/recall, a confusion matrix and a grid of test
+images, for a ``.keras`` model (TensorFlow) or an ``.onnx`` model (through the runtime).
+
+Writes into the output folder (atomically): report.json, confusion.png, grid.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.atomic import atomic_path, atomic_write
+from runtime.errors import ModelError
+
+from .data import Cifar10, load_cifar10, take_slice
+
+
+@dataclass
+class EvalReport:
+    model: str
+    data: str
+    images: int
+    accuracy: float
+    per_class: dict[str, dict[str, float]]  # class → precision, recall, f1, support
+    confusion: list[list[int]]  # [true][predicted]
+    class_names: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [f"model     {self.model}", f"data      {self.data} ({self.images:,} images)",
+                 f"accuracy  {100 * self.accuracy:.2f}%", "",
+                 f"{'class':<12}{'precision':>10}{'recall':>9}{'f1':>8}{'support':>9}"]
+        for name, m in self.per_class.items():
+            lines.append(f"{name:<12}{100 * m['precision']:>9.1f}%{100 * m['recall']:>8.1f}%"
+                         f"{100 * m['f1']:>7.1f}%{m['support']:>9}")
+        return "\n".join(lines)
+
+
+def predict_probabilities(model_path: Path, images_rgb: np.ndarray, batch_size: int = 500,
+                          quiet: bool = False) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 RGB → (N, classes) float32 probabilities, for .keras or .onnx."""
+    from tqdm.auto import tqdm
+
+    suffix = model_path.suffix.lower()
+    if suffix == ".keras":
+        predict = _keras_predictor(model_path)
+    elif suffix == ".onnx":
+        predict = _onnx_predictor(model_path)
+    else:
+        raise ModelError(f"{model_path}: expected a .keras or .onnx model")
+    out = []
+    for start in tqdm(range(0, len(images_rgb), batch_size), desc="evaluating", unit="batch",
+                      disable=quiet, leave=False, file=sys.stderr):
+        # The model takes raw 0-255 RGB pixels; scaling is inside its graph.
+        out.append(predict(images_rgb[start:start + batch_size].astype(np.float32)))
+    return np.concatenate(out)
+
+
+def load_keras_model(model_path: Path):
+    """Load a .keras file in safe mode (a model file cannot run code) with clear errors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import zipfile
+
+    import keras
+
+    from .fit import _register_schedule
+
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: no such model file")
+    if not zipfile.is_zipfile(model_path):
+        raise ModelError(f"{model_path}: not a Keras model (.keras files are zip archives)")
+    _register_schedule()
+    try:
+        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise ModelError(f"{model_path}: cannot load the Keras model ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def _keras_predictor(model_path: Path):
+    model = load_keras_model(model_path)
+    return lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+
+
+def _onnx_predictor(model_path: Path):
+    from runtime.classifier import Classifier
+
+    classifier = Classifier(model_path)
+    return classifier.predict_proba
+
+
+def _metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tuple[dict, np.ndarray]:
+    k = len(class_names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        tp = confusion[i, i]
+        precision = tp / max(confusion[:, i].sum(), 1)
+        recall = tp / max(confusion[i].sum(), 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                           "support": int(confusion[i].sum())}
+    return per_class, confusion
+
+
+def evaluate(model: str | os.PathLike, data: str | os.PathLike | Cifar10 | None = None,
+             out: str | os.PathLike | None = None, limit: int | None = None,
+             grid_images: int = 64, quiet: bool = False) -> EvalReport:
+    """Evaluate ``model`` on the CIFAR-10 test split; write report.json and PNGs into ``out``
+    (default: an ``eval`` folder beside the model)."""
+    model_path = Path(model)
+    if not model_path.exists():
+        raise ModelError(f"{model_path}: no such model file")
+    dataset = data if isinstance(data, Cifar10) else load_cifar10(data, splits=("test",))
+    dataset = take_slice(dataset, 0, limit)
+    probs = predict_probabilities(model_path, dataset.x_test, quiet=quiet)
+    if probs.shape[1] != len(dataset.class_names):
+        raise ModelError(f"{model_path}: outputs {probs.shape[1]} classes, the data has "
+                         f"{len(dataset.class_names)}")
+    y_pred = probs.argmax(1)
+    per_class, confusion = _metrics(dataset.y_test, y_pred, dataset.class_names)
+    report = EvalReport(model=str(model_path), data=dataset.source, images=len(dataset.y_test),
+                        accuracy=float(np.mean(y_pred == dataset.y_test)), per_class=per_class,
+                        confusion=confusion.tolist(), class_names=list(dataset.class_names))
+    out_dir = Path(out) if out is not None else model_path.parent / f"eval-{model_path.stem}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.files = {"report": str(out_dir / "report.json"), "confusion": str(out_dir / "confusion.png"),
+                    "grid": str(out_dir / "grid.png")}
+    plot_confusion(confusion, dataset.class_names, out_dir / "confusion.png")
+    plot_grid(dataset.x_test, dataset.y_test, probs, dataset.class_names, out_dir / "grid.png", grid_images)
+    with atomic_write(out_dir / "report.json") as fh:
+        json.dump(asdict(report), fh, indent=2)
+    return report
+
+
+def plot_confusion(confusion: np.ndarray, class_names, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (counts; colour = row share)")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_grid(images_rgb: np.ndarray, y_true: np.ndarray, probs: np.ndarray, class_names, path: Path,
+              n: int = 64):
+    """A grid of test images: predicted label and confidence; misclassified ones in red
+    with the true label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(images_rgb))
+    # Show the first images, but make sure some mistakes are visible when there are any.
+    wrong = np.flatnonzero(probs.argmax(1) != y_true)
+    right = np.flatnonzero(probs.argmax(1) == y_true)
+    n_wrong = min(len(wrong), n // 4)
+    idx = np.sort(np.concatenate([wrong[:n_wrong], right[:n - n_wrong]]))[:n]
+    cols = 8
+    rows = int(np.ceil(len(idx) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), idx):
+        pred = int(probs[i].argmax())
+        ok = pred == y_true[i]
+        ax.imshow(images_rgb[i], interpolation="nearest")
+        title = f"{class_names[pred]} {100 * probs[i, pred]:.0f}%"
+        if not ok:
+            title += f"\n✗ true: {class_names[y_true[i]]}"
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(title, fontsize=7, color="black" if ok else "red")
+    fig.suptitle("Predictions on test images (red: misclassified)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
