@@ -91,7 +91,7 @@ def _onnx_predictor(model_path: Path):
     from runtime.classifier import Classifier
 
     classifier = Classifier(model_path)
-    return classifier.predict_proba
+    return lambda batch: classifier.run(batch)[0]  # the runtime's own session and contract
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tuple[dict, np.ndarray]:
