@@ -173,8 +173,10 @@ def plot_grid(images_rgb: np.ndarray, y_true: np.ndarray, probs: np.ndarray, cla
 
     n = min(n, len(images_rgb))
     # Show the first images, but make sure some mistakes are visible when there are any.
-    wrong = np.flatnonzero(probs.argmax(1) != y_true)
-    right = np.flatnonzero(probs.argmax(1) == y_true)
+    # A fixed shuffle, so the grid shows every class rather than the first folder.
+    order = np.random.default_rng(0).permutation(len(y_true))
+    wrong = order[probs.argmax(1)[order] != y_true[order]]
+    right = order[probs.argmax(1)[order] == y_true[order]]
     n_wrong = min(len(wrong), n // 4)
     idx = np.sort(np.concatenate([wrong[:n_wrong], right[:n - n_wrong]]))[:n]
     cols = 8

@@ -208,9 +208,9 @@ def plot_curves(rows: list[dict], path: Path):
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["loss"] for r in rows], label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss (label-smoothed cross-entropy)", title="Loss")
+    ax_loss.plot(epochs, [r["loss"] for r in rows], label="train (label-smoothed, + L2)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation (cross-entropy)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], label="train (augmented)")
     ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
