@@ -106,7 +106,8 @@ def setup_devices(distribute: str, cpu_replicas: int = 2):
                                           cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
-def _compile(model, config: TrainConfig, steps_per_epoch: int):
+def compile_model(model, config: TrainConfig, steps_per_epoch: int):
+    """Compile with the recipe in ``config``: Nesterov SGD on a one-cycle schedule, label smoothing."""
     keras = _keras()
     OneCycle = _register_schedule()
     total = steps_per_epoch * config.epochs
@@ -281,7 +282,7 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
         else:
             model = build_model(config.model, num_classes=n_classes, train_images=x_train,
                                 weight_decay=config.weight_decay)
-            _compile(model, config, steps_per_epoch)
+            compile_model(model, config, steps_per_epoch)
     if not resume:
         meta = {"config": asdict(config), "data": dataset.source if not isinstance(data, Cifar10) else str(data.source),
                 "class_names": list(dataset.class_names), "parameters": int(model.count_params()),
