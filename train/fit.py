@@ -57,30 +57,76 @@ def _keras():
 
 
 def _register_schedule():
+    """Register the custom objects a checkpoint refers to (so safe-mode loading finds them)."""
     keras = _keras()
 
     @keras.saving.register_keras_serializable(package="cifar_edge", name="OneCycle")
     class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then linear to ``final``."""
+        """Linear warm-up from ``start``·peak to ``peak`` over ``warmup_steps``, then linear
+        decay to ``final``·peak at ``total_steps``."""
 
-        def __init__(self, peak, total_steps, warmup_steps, final):
+        def __init__(self, peak, total_steps, warmup_steps, final, start=0.0):
             self.peak, self.total_steps = float(peak), int(total_steps)
-            self.warmup_steps, self.final = int(warmup_steps), float(final)
+            self.warmup_steps, self.final, self.start = int(warmup_steps), float(final), float(start)
 
         def __call__(self, step):
             ops = keras.ops
             step = ops.cast(step, "float32")
-            warm = step / max(self.warmup_steps, 1)
+            warm = self.start + (1.0 - self.start) * step / max(self.warmup_steps, 1)
             decay = 1.0 - (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
             frac = ops.where(step < self.warmup_steps, warm,
                              self.final + (1.0 - self.final) * ops.maximum(decay, 0.0))
             return self.peak * frac
 
         def get_config(self):
-            return dict(peak=self.peak, total_steps=self.total_steps,
-                        warmup_steps=self.warmup_steps, final=self.final)
+            return dict(peak=self.peak, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                        final=self.final, start=self.start)
 
-    return OneCycle
+    @keras.saving.register_keras_serializable(package="cifar_edge", name="BiasScaledSGD")
+    class BiasScaledSGD(keras.optimizers.SGD):
+        """SGD whose BatchNorm biases (``beta``) take ``bias_lr_scale`` times the learning rate."""
+
+        def __init__(self, bias_lr_scale=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.bias_lr_scale = float(bias_lr_scale)
+
+        def update_step(self, gradient, variable, learning_rate):
+            # Keras passes its own variable or, on TensorFlow, the tf.Variable behind it.
+            name = getattr(variable, "path", None) or variable.name
+            if name.split("/")[-1].split(":")[0] == "beta":
+                learning_rate = learning_rate * self.bias_lr_scale
+            return super().update_step(gradient, variable, learning_rate)
+
+        def get_config(self):
+            return {**super().get_config(), "bias_lr_scale": self.bias_lr_scale}
+
+    return OneCycle, BiasScaledSGD
+
+
+class _Lookahead:
+    """airbench's lookahead: every 5 steps, move a running average of all float weights (BatchNorm
+    statistics included) towards the weights and copy it back into the model. The average's
+    decay grows as (step/total)^3, so it is weak early and strong at the end; after the last
+    step the model holds the average. A resumed run restarts the average from the weights."""
+
+    EVERY = 5
+
+    def __init__(self, model, total_steps: int):
+        self.variables = [v for v in model.weights if "float" in str(v.dtype)]
+        self.average = [np.array(v.numpy()) for v in self.variables]
+        self.total_steps = total_steps
+
+    def step(self, global_step: int):
+        if global_step % self.EVERY:
+            return
+        decay = 0.95 ** 5 * (min(global_step, self.total_steps) / self.total_steps) ** 3
+        for v, avg in zip(self.variables, self.average):
+            avg += (1.0 - decay) * (v.numpy() - avg)
+            v.assign(avg)
+
+    def finish(self):
+        for v, avg in zip(self.variables, self.average):
+            v.assign(avg)
 
 
 def setup_devices(distribute: str, cpu_replicas: int = 2):
@@ -109,10 +155,11 @@ def setup_devices(distribute: str, cpu_replicas: int = 2):
 def compile_model(model, config: TrainConfig, steps_per_epoch: int):
     """Compile with the recipe in ``config``: Nesterov SGD on a one-cycle schedule, label smoothing."""
     keras = _keras()
-    OneCycle = _register_schedule()
+    OneCycle, BiasScaledSGD = _register_schedule()
     total = steps_per_epoch * config.epochs
-    schedule = OneCycle(config.lr, total, int(total * config.warmup), config.final_lr)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
+    schedule = OneCycle(config.lr, total, int(total * config.warmup), config.final_lr, config.start_lr)
+    optimizer = BiasScaledSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True,
+                              bias_lr_scale=config.bias_lr_scale)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -123,13 +170,16 @@ def compile_model(model, config: TrainConfig, steps_per_epoch: int):
 class _Progress:
     """Per-epoch progress bar with images/s; stops training at the next batch on a signal."""
 
-    def __init__(self, total_steps: int, batch_size: int, epoch: int, epochs: int, quiet: bool):
+    def __init__(self, total_steps: int, batch_size: int, epoch: int, epochs: int, quiet: bool,
+                 lookahead: "_Lookahead | None" = None, first_global_step: int = 0):
         keras = _keras()
         outer = self
 
         class Callback(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 outer.steps_done += 1
+                if lookahead is not None:
+                    lookahead.step(first_global_step + outer.steps_done)
                 if outer.bar is not None:
                     outer.bar.update(1)
                     if logs and outer.steps_done % 5 == 0:
@@ -296,6 +346,7 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
 
+    lookahead = _Lookahead(model, steps_per_epoch * config.epochs) if config.lookahead else None
     rows = read_history(run_dir) if resume else []
     eye = np.eye(n_classes, dtype=np.float32)
     restore_signals = _install_signal_handlers()
@@ -309,7 +360,8 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
             x_epoch = augment_epoch(x_train[order], rng, config.translate, config.flip)
             y_epoch = eye[y_train[order]]
             skip = state["step"] * config.batch_size
-            progress = _Progress(steps_per_epoch - state["step"], config.batch_size, epoch, config.epochs, quiet)
+            progress = _Progress(steps_per_epoch - state["step"], config.batch_size, epoch, config.epochs, quiet,
+                                 lookahead, epoch * steps_per_epoch + state["step"])
             t0 = time.perf_counter()
             hist = model.fit(x_epoch[skip:], y_epoch[skip:], batch_size=config.batch_size, epochs=1,
                              shuffle=False, verbose=0, callbacks=[progress.callback])
@@ -321,6 +373,8 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
                 _checkpoint(model, run_dir, state)
                 raise Interrupted(f"interrupted in epoch {epoch + 1} at step {steps_now}/{steps_per_epoch}; "
                                   f"checkpoint saved. Resume with: cifar-train --resume {run_dir}")
+            if lookahead is not None and epoch + 1 == config.epochs:
+                lookahead.finish()  # the model ends as the average, as in airbench
             val_probs = model.predict(x_val, batch_size=1000, verbose=0)
             val_acc = float(np.mean(np.argmax(val_probs, 1) == y_val))
             val_loss = float(np.mean(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-7, 1))))
