@@ -52,21 +52,23 @@ def _l2(keras, weight_decay: float):
     return keras.regularizers.L2(weight_decay / 2) if weight_decay > 0 else None
 
 
-def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, **_) -> "keras.Model":
-    """~20k parameters: an epoch on a few thousand images takes seconds. For tests and demos."""
+def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, logit_scale: float = 1 / 9,
+               **_) -> "keras.Model":
+    """~25k parameters: an epoch on a few thousand images takes seconds. For tests and demos.
+    Built like ``default`` (BatchNorm without scale, ReLU, fixed temperature) so the same
+    training recipe suits both."""
     import keras
 
     inputs = keras.Input(shape=(32, 32, 3), dtype="float32", name="image_rgb")
     x = _normalize(keras, inputs)
-    for width in (16, 32, 64):
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                kernel_regularizer=_l2(keras, weight_decay))(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
-                                 kernel_regularizer=_l2(keras, weight_decay))(x)
+    for i, width in enumerate((16, 32, 64)):
+        x = _conv_bn_relu(keras, x, width, name=f"t{i}", weight_decay=weight_decay)
+        x = keras.layers.MaxPooling2D(2, name=f"t{i}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
+                           kernel_regularizer=_l2(keras, weight_decay))(x)
+    x = keras.layers.Rescaling(logit_scale, name="temperature")(x)
+    outputs = keras.layers.Softmax(name="probabilities")(x)
     return keras.Model(inputs, outputs, name="tiny")
 
 
