@@ -61,7 +61,8 @@ def load_cifar10(data: str | os.PathLike | None = None, cache_dir: Path | None =
     for name in ("cifar-10-python.tar.gz", "cifar-10-python.tgz"):
         if (path / name).is_file():
             return _load_python_tarball(path / name)
-    return _load_folder(path, cache_dir or default_cache_dir(), splits)
+    # Resolved, so "../data" and "/abs/data" share one cache entry.
+    return _load_folder(path.resolve(), cache_dir or default_cache_dir(), splits)
 
 
 # --- image folders ------------------------------------------------------------------------
