@@ -6,7 +6,7 @@ import click
 
 from runtime.cli_support import run_cli, traceback_option
 
-from .parity import DEFAULT_THRESHOLDS, Thresholds
+from .parity import DEFAULT_THRESHOLDS
 
 PROG = "cifar-export"
 

@@ -6,7 +6,6 @@ File in (a ``.keras`` archive), ModelProto out; saving is ``save_onnx`` (atomic)
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,40 +38,13 @@ def _keras():
 
 def load_keras(path: str | os.PathLike, contract: InputContract | None = None) -> KerasSource:
     """Load a ``.keras`` archive in safe mode (no code from the file runs) and check its shape."""
+    from train.models import load_keras_model
+
     contract = contract or InputContract()
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{path}: is a directory, not a .keras model file")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            if fh.read(2) == b"PK":  # a zip header without a readable directory: truncated
-                raise ModelError(f"{path}: corrupt .keras archive (truncated or damaged zip file)")
-        raise ModelError(f"{path}: not a Keras model (a .keras file is a zip archive; "
-                         "save it with model.save('model.keras'))")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelError(f"{path}: corrupt .keras archive ({exc})") from None
-    if "config.json" not in names:
-        raise ModelError(f"{path}: not a Keras model (no config.json in the archive)")
-    if bad is not None:
-        raise ModelError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
-
-    keras = _keras()
-    import train.fit  # the OneCycle schedule saved inside training checkpoints
-
-    train.fit._register_schedule()
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises ValueError/TypeError/OSError/zip errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load the Keras model ({first[:200]})") from None
+    model = load_keras_model(path)
     _check_contract(path, model, contract)
-    return KerasSource(path, model, _output_kind(keras, model), _class_names(path))
+    return KerasSource(path, model, _output_kind(_keras(), model), _class_names(path))
 
 
 def _check_contract(path: Path, model, contract: InputContract) -> None:

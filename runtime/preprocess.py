@@ -137,7 +137,9 @@ def prepare_array(image_rgb: np.ndarray, contract: InputContract | None = None) 
         raise ImageError(f"expected an (H, W, 3) RGB array, got shape {image_rgb.shape}")
     if image_rgb.dtype != np.uint8:
         image_rgb = np.clip(image_rgb, 0, 255).astype(np.uint8)
-    return prepare(Image.fromarray(image_rgb, mode="RGB"), contract)
+    # An array has no EXIF and is already RGB: straight to the resize (the per-frame path).
+    image = Image.fromarray(np.ascontiguousarray(image_rgb), mode="RGB")
+    return np.asarray(resize_to_input(image, contract or InputContract()), dtype=np.uint8)
 
 
 def to_batch(images_hwc: list[np.ndarray] | np.ndarray, contract: InputContract | None = None) -> np.ndarray:

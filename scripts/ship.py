@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -83,9 +82,7 @@ def bundle(run: Path, export_dir: Path, samples: list[Path]) -> None:
     shutil.copy2(export_dir / "model.parity.json", SHIPPED / "parity.json")
 
 
-def figures_markdown(run: Path, export_dir: Path, evals: dict[str, dict], train_minutes: float | None) -> str:
-    from runtime.contract import CIFAR10_CLASSES  # noqa: F401  (kept light: only reports are read)
-
+def figures_markdown(run: Path, export_dir: Path, evals: dict[str, dict]) -> str:
     config = json.loads((run / "config.json").read_text())
     history = (run / "history.csv").read_text().splitlines()
     seconds = sum(float(line.split(",")[6]) for line in history[1:])
@@ -139,11 +136,9 @@ def main(data, run_dir, skip_train, no_bundle):
     from train import evaluate
 
     run = Path(run_dir)
-    t0 = time.perf_counter()
     if not skip_train:
         step("train")
         train(data, run)
-    train_minutes = (time.perf_counter() - t0) / 60 if not skip_train else None
 
     step("export FP32, INT8, FP16 with parity on the test split")
     export_dir = run / "export"
@@ -167,7 +162,7 @@ def main(data, run_dir, skip_train, no_bundle):
     bundle(run, export_dir, samples)
     for variant in ("keras", "fp32", "int8", "fp16"):
         shutil.copy2(export_dir / f"eval-{variant}" / "report.json", SHIPPED / f"eval-{variant}.json")
-    update_readme(figures_markdown(run, export_dir, evals, train_minutes))
+    update_readme(figures_markdown(run, export_dir, evals))
     click.echo(f"bundled {ASSETS}/model.onnx, model-int8.onnx, parity.json, {len(samples)} samples; "
                f"README figures updated", err=True)
 

@@ -28,6 +28,3 @@ def augment_epoch(images: np.ndarray, rng: np.random.Generator, translate: int =
                     out[sel] = padded[sel, oy:oy + h, ox:ox + w]
     return out
 
-
-def epoch_order(n: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.permutation(n)

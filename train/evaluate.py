@@ -18,6 +18,7 @@ from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import ModelError
 
 from .data import Cifar10, load_cifar10, take_slice
+from .models import load_keras_model  # noqa: F401  (re-exported: train.evaluate.load_keras_model)
 
 
 @dataclass
@@ -59,27 +60,6 @@ def predict_probabilities(model_path: Path, images_rgb: np.ndarray, batch_size: 
         # The model takes raw 0-255 RGB pixels; scaling is inside its graph.
         out.append(predict(images_rgb[start:start + batch_size].astype(np.float32)))
     return np.concatenate(out)
-
-
-def load_keras_model(model_path: Path):
-    """Load a .keras file in safe mode (a model file cannot run code) with clear errors."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import zipfile
-
-    import keras
-
-    from .fit import _register_schedule
-
-    if not model_path.is_file():
-        raise ModelError(f"{model_path}: no such model file")
-    if not zipfile.is_zipfile(model_path):
-        raise ModelError(f"{model_path}: not a Keras model (.keras files are zip archives)")
-    _register_schedule()
-    try:
-        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as exc:
-        raise ModelError(f"{model_path}: cannot load the Keras model ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200]})") from None
 
 
 def _keras_predictor(model_path: Path):

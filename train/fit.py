@@ -11,6 +11,7 @@ Run folder (every file written atomically):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -324,7 +325,7 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
     run_dir.mkdir(parents=True, exist_ok=True)
     from .models import build_model
 
-    scope = strategy.scope() if strategy is not None else _nullcontext()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         if resume:
             _register_schedule()
@@ -410,14 +411,6 @@ def _checkpoint(model, run_dir: Path, state: dict):
     with atomic_path(run_dir / "last.keras") as tmp:
         model.save(tmp)
     _save_state(run_dir, state)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _versions() -> dict:

@@ -9,6 +9,8 @@ cleanly.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -134,6 +136,48 @@ def _dirac_init(model) -> None:
             kernel[:, :, :, :n] = 0.0
             kernel[1, 1, np.arange(n), np.arange(n)] = 1.0
             layer.kernel.assign(kernel)
+
+
+def load_keras_model(path: str | os.PathLike) -> "keras.Model":
+    """Load a ``.keras`` file in Keras' safe mode (no code from the file runs), with one-line
+    errors for a missing file, a file that is not a Keras archive and a damaged one."""
+    import zipfile
+
+    from runtime.errors import ModelError
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not a .keras model file")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"PK":  # a zip header without a readable directory: truncated
+                raise ModelError(f"{path}: corrupt .keras archive (truncated or damaged zip file)")
+        raise ModelError(f"{path}: not a Keras model (a .keras file is a zip archive; "
+                         "save it with model.save('model.keras'))")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelError(f"{path}: corrupt .keras archive ({exc})") from None
+    if "config.json" not in names:
+        raise ModelError(f"{path}: not a Keras model (no config.json in the archive)")
+    if bad is not None:
+        raise ModelError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from .fit import _register_schedule
+
+    _register_schedule()  # the custom objects a training checkpoint refers to
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError/zip errors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load the Keras model ({first[:200]})") from None
 
 
 MODELS: dict[str, Callable[..., "keras.Model"]] = {
