@@ -156,3 +156,53 @@ def test_cli_resume_nothing_there(tmp_path):
 
     result = CliRunner().invoke(main, ["--resume", str(tmp_path)])
     assert result.exit_code == 1 and "nothing to resume" in result.output
+
+
+def test_mixed_precision_trains_in_bfloat16_and_saves_float32(folder_dataset, tmp_path):
+    import keras
+
+    from train.fit import fit
+    from train.models import load_keras_model
+
+    run = tmp_path / "run"
+    fit(_config(epochs=1, precision="mixed_bfloat16"), out=run, data=folder_dataset, quiet=True,
+        log=lambda s: None)
+    assert json.loads((run / "config.json").read_text())["config"]["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    last = load_keras_model(run / "last.keras")  # the training state keeps its policy (for resume)
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in last.layers}
+    best = load_keras_model(run / "model.keras")  # what gets exported: float32 throughout
+    assert {layer.dtype_policy.name for layer in best.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(best.get_weights(), last.get_weights()))
+
+
+def test_as_float32_copies_weights_and_keeps_predictions():
+    import keras
+
+    from train.models import as_float32, build_model
+
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = build_model("default", widths=(8, 16, 16), train_images=images)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    f32 = as_float32(mixed)
+    assert f32 is not mixed
+    assert {layer.dtype_policy.name for layer in f32.layers} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(f32.get_weights(), mixed.get_weights()))
+    x = images.astype(np.float32)
+    p32, p16 = f32.predict(x, verbose=0), mixed.predict(x, verbose=0)
+    assert p32.dtype == np.float32 and p16.dtype == np.float32  # the softmax stays float32
+    assert np.abs(p32 - p16).max() < 0.05  # bfloat16 rounding only
+    assert as_float32(f32) is f32
+
+
+def test_unknown_precision_is_refused():
+    from runtime.errors import CifarEdgeError
+    from train.models import resolve_precision
+
+    assert resolve_precision("float32") == "float32"
+    assert resolve_precision("auto") in {"float32", "mixed_bfloat16"}
+    with pytest.raises(CifarEdgeError, match="unknown precision 'half'"):
+        resolve_precision("half")

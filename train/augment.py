@@ -1,5 +1,5 @@
 """Augmentation for the training pipeline (not in the model, so the model exports cleanly):
-random horizontal flips and pad-and-crop translation, vectorized over a whole epoch in numpy.
+random horizontal flips, pad-and-crop translation and cutout, vectorized over a whole epoch in numpy.
 """
 
 from __future__ import annotations
@@ -7,9 +7,17 @@ from __future__ import annotations
 import numpy as np
 
 
+# Cutout paints this colour: the CIFAR-10 mean, i.e. zero once the model has normalized it.
+CUTOUT_FILL = (125, 123, 114)
+
+
 def augment_epoch(images: np.ndarray, rng: np.random.Generator, translate: int = 2,
-                  flip: bool = True) -> np.ndarray:
-    """images: (N, H, W, 3) uint8 → a new augmented (N, H, W, 3) uint8 array."""
+                  flip: bool = True, cutout: int = 0) -> np.ndarray:
+    """images: (N, H, W, 3) uint8 → a new augmented (N, H, W, 3) uint8 array.
+
+    cutout > 0 paints one ``cutout``×``cutout`` square per image, placed uniformly at random
+    inside the image, with ``CUTOUT_FILL``.
+    """
     n, h, w, _ = images.shape
     out = images.copy()
     if flip:
@@ -26,5 +34,14 @@ def augment_epoch(images: np.ndarray, rng: np.random.Generator, translate: int =
                 sel = np.flatnonzero((dy == oy) & (dx == ox))
                 if len(sel):
                     out[sel] = padded[sel, oy:oy + h, ox:ox + w]
+    if cutout > 0:
+        if cutout > min(h, w):
+            raise ValueError(f"cutout {cutout} is larger than the {h}x{w} images")
+        y0 = rng.integers(0, h - cutout + 1, n)[:, None, None]
+        x0 = rng.integers(0, w - cutout + 1, n)[:, None, None]
+        rows = np.arange(h)[None, :, None]
+        cols = np.arange(w)[None, None, :]
+        mask = (rows >= y0) & (rows < y0 + cutout) & (cols >= x0) & (cols < x0 + cutout)
+        out[mask] = np.array(CUTOUT_FILL, dtype=out.dtype)
     return out
 

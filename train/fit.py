@@ -32,6 +32,7 @@ from runtime.errors import CifarEdgeError
 from .augment import augment_epoch
 from .config import TrainConfig
 from .data import Cifar10, load_cifar10, take_slice
+from .models import as_float32, build_model, resolve_precision
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s")
 
@@ -307,9 +308,10 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
             raise CifarEdgeError(f"{run_dir}: a run is already there; use --resume {run_dir} "
                                  "to continue it or choose another --out")
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        config = config.with_(seed=seed)
+        config = config.with_(seed=seed, precision=resolve_precision(config.precision))
         state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "finished": False}
 
+    precision = resolve_precision(config.precision)
     strategy = setup_devices(config.distribute)
     if strategy is not None:
         log(f"distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} replicas")
@@ -319,12 +321,22 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
     dataset = data if isinstance(data, Cifar10) else load_cifar10(data)
     dataset = take_slice(dataset, config.train_limit, config.test_limit, seed=config.seed)
     x_train, y_train, x_val, y_val = _split_validation(dataset, config, config.seed)
-    n_classes = len(dataset.class_names)
-    steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    from .models import build_model
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return _fit(config, run_dir, dataset, data, x_train, y_train, x_val, y_val, state, resume,
+                    strategy, quiet, log)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
+
+def _fit(config, run_dir, dataset, data, x_train, y_train, x_val, y_val, state, resume, strategy,
+         quiet, log) -> FitResult:
+    keras = _keras()
+    n_classes = len(dataset.class_names)
+    steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         if resume:
@@ -334,6 +346,9 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
             model = build_model(config.model, num_classes=n_classes, train_images=x_train,
                                 weight_decay=config.weight_decay)
             compile_model(model, config, steps_per_epoch)
+    # Validation and model.keras use a float32 twin of a mixed-precision model: what is
+    # measured here is what gets exported.
+    model32 = as_float32(model)
     if not resume:
         meta = {"config": asdict(config), "data": dataset.source if not isinstance(data, Cifar10) else str(data.source),
                 "class_names": list(dataset.class_names), "parameters": int(model.count_params()),
@@ -342,7 +357,8 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
         with atomic_write(run_dir / "config.json") as fh:
             json.dump(meta, fh, indent=2)
         log(f"{config.model}: {model.count_params():,} parameters; {len(x_train):,} training / "
-            f"{len(x_val):,} validation images; {config.epochs} epochs of {steps_per_epoch} steps")
+            f"{len(x_val):,} validation images; {config.epochs} epochs of {steps_per_epoch} steps; "
+            f"{keras.config.dtype_policy().name}")
     else:
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
@@ -358,7 +374,7 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
             # The epoch's data depends only on (seed, epoch): a resumed run sees the same batches.
             rng = np.random.default_rng([config.seed, epoch])
             order = rng.permutation(len(x_train))
-            x_epoch = augment_epoch(x_train[order], rng, config.translate, config.flip)
+            x_epoch = augment_epoch(x_train[order], rng, config.translate, config.flip, config.cutout)
             y_epoch = eye[y_train[order]]
             skip = state["step"] * config.batch_size
             progress = _Progress(steps_per_epoch - state["step"], config.batch_size, epoch, config.epochs, quiet,
@@ -376,7 +392,9 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
                                   f"checkpoint saved. Resume with: cifar-train --resume {run_dir}")
             if lookahead is not None and epoch + 1 == config.epochs:
                 lookahead.finish()  # the model ends as the average, as in airbench
-            val_probs = model.predict(x_val, batch_size=1000, verbose=0)
+            if model32 is not model:
+                model32.set_weights(model.get_weights())
+            val_probs = model32.predict(x_val, batch_size=1000, verbose=0)
             val_acc = float(np.mean(np.argmax(val_probs, 1) == y_val))
             val_loss = float(np.mean(-np.log(np.clip(val_probs[np.arange(len(y_val)), y_val], 1e-7, 1))))
             lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -389,7 +407,7 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
             if improved:
                 state["best_val_acc"] = val_acc
                 with atomic_path(run_dir / "model.keras") as tmp:
-                    model.save(tmp)
+                    model32.save(tmp)
             state.update(epoch=epoch + 1, step=0, finished=epoch + 1 == config.epochs)
             _checkpoint(model, run_dir, state)
             _append_history(run_dir, rows)

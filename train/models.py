@@ -69,9 +69,15 @@ def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, logit_scale: f
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
                            kernel_regularizer=_l2(keras, weight_decay))(x)
-    x = keras.layers.Rescaling(logit_scale, name="temperature")(x)
-    outputs = keras.layers.Softmax(name="probabilities")(x)
+    outputs = _temperature_softmax(keras, x, logit_scale)
     return keras.Model(inputs, outputs, name="tiny")
+
+
+def _temperature_softmax(keras, logits, logit_scale: float):
+    # A fixed temperature: small logits early in training keep the high learning rate stable.
+    # float32 even under a mixed-precision policy, so the loss sees float32 probabilities.
+    x = keras.layers.Rescaling(logit_scale, name="temperature", dtype="float32")(logits)
+    return keras.layers.Softmax(name="probabilities", dtype="float32")(x)
 
 
 def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float):
@@ -115,9 +121,7 @@ def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
                            kernel_regularizer=_l2(keras, weight_decay))(x)
-    # A fixed temperature: small logits early in training keep the high learning rate stable.
-    x = keras.layers.Rescaling(logit_scale, name="temperature")(x)
-    outputs = keras.layers.Softmax(name="probabilities")(x)
+    outputs = _temperature_softmax(keras, x, logit_scale)
     model = keras.Model(inputs, outputs, name="default")
     if train_images is not None:
         _dirac_init(model)
@@ -136,6 +140,44 @@ def _dirac_init(model) -> None:
             kernel[:, :, :, :n] = 0.0
             kernel[1, 1, np.arange(n), np.arange(n)] = 1.0
             layer.kernel.assign(kernel)
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" → "mixed_bfloat16" where the CPU has bfloat16 instructions, else "float32"."""
+    from runtime.errors import CifarEdgeError
+
+    if precision in ("float32", "mixed_bfloat16"):
+        return precision
+    if precision != "auto":
+        raise CifarEdgeError(f"unknown precision {precision!r}; choose auto, float32 or mixed_bfloat16")
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no cheap way to tell
+        return "float32"
+    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
+def as_float32(model) -> "keras.Model":
+    """The model with every layer computing in float32: ``model`` itself if it already does,
+    else a copy with the same weights (what gets saved and exported after mixed-precision
+    training, so ONNX never sees bfloat16)."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return {**node, "config": {**node.get("config", {}), "name": "float32"}}
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    clone = keras.Model.from_config(to_float32(model.get_config()))
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def load_keras_model(path: str | os.PathLike) -> "keras.Model":
