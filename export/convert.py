@@ -30,10 +30,9 @@ class KerasSource:
 
 
 def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
+    from train.quiet_import import import_keras
 
-    return keras
+    return import_keras()
 
 
 def load_keras(path: str | os.PathLike, contract: InputContract | None = None) -> KerasSource:

@@ -33,6 +33,7 @@ from .augment import augment_epoch
 from .config import TrainConfig
 from .data import Cifar10, load_cifar10, take_slice
 from .models import as_float32, build_model, resolve_precision
+from .quiet_import import import_keras
 
 HISTORY_FIELDS = ("epoch", "lr", "loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s")
 
@@ -52,10 +53,7 @@ class FitResult:
 
 
 def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    return keras
+    return import_keras()
 
 
 def _register_schedule():
@@ -137,6 +135,7 @@ def setup_devices(distribute: str, cpu_replicas: int = 2):
         return None
     if distribute != "mirrored":
         raise CifarEdgeError(f"unknown --distribute {distribute!r}; choose none or mirrored")
+    import_keras()
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

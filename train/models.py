@@ -209,10 +209,10 @@ def load_keras_model(path: str | os.PathLike) -> "keras.Model":
     if bad is not None:
         raise ModelError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
     from .fit import _register_schedule
+    from .quiet_import import import_keras
+
+    keras = import_keras()
 
     _register_schedule()  # the custom objects a training checkpoint refers to
     try:
