@@ -54,7 +54,11 @@ def _check_writable(path: Path) -> None:
     if path.is_dir():
         raise ModelError(f"{path}: output path is a directory (pass -o FILE.onnx)")
     if not parent.is_dir():
-        raise ModelError(f"{path}: cannot write output, directory {parent} does not exist")
+        try:  # like --out of cifar-train: the folder is created
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot write output, cannot create directory {parent} "
+                             f"({exc.strerror or exc})") from None
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ModelError(f"{path}: cannot write output, permission denied")
 

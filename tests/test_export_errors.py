@@ -78,7 +78,9 @@ def test_wrong_number_of_classes(tmp_path):
 
 
 def test_unwritable_output(tiny_keras, tmp_path):
-    assert_one_line_error(run_export(tiny_keras, "-o", tmp_path / "missing" / "m.onnx"), 1, "does not exist")
+    (tmp_path / "afile").write_text("not a folder")
+    assert_one_line_error(run_export(tiny_keras, "-o", tmp_path / "afile" / "m.onnx"), 1,
+                          "cannot create directory")
     (tmp_path / "adir.onnx").mkdir()
     assert_one_line_error(run_export(tiny_keras, "-o", tmp_path / "adir.onnx"), 1, "is a directory")
 

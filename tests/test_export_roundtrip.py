@@ -83,7 +83,9 @@ def test_int8_graph_is_quantized(exported):
 def test_synthetic_inputs_without_data(tiny_keras, tmp_path):
     from export import ExportConfig, export_model
 
-    result = export_model(tiny_keras, ExportConfig(quiet=True), output=tmp_path / "m.onnx")
+    out = tmp_path / "new" / "folder" / "m.onnx"  # missing folders are created
+    result = export_model(tiny_keras, ExportConfig(quiet=True), output=out)
+    assert out.is_file() and result.onnx_paths["fp32"] == out
     entry = result.report.entries[0]
     assert entry.data.startswith("synthetic: ") and entry.reference_accuracy is None and entry.passed
     assert "synthetic" in result.report.table()
