@@ -28,7 +28,7 @@ README = REPO / "README.md"
 BEGIN, END = "<!-- shipped-model:begin -->", "<!-- shipped-model:end -->"
 
 # The recipe of the shipped model (train.config.TrainConfig fields).
-RECIPE = dict(model="default", val_images=2000, seed=0)  # other fields: TrainConfig defaults
+RECIPE = dict(model="default", seed=0)  # other fields: TrainConfig defaults
 
 
 def step(name: str):

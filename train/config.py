@@ -30,7 +30,7 @@ class TrainConfig:
     # twice as fast as float32 on this project's training machine), else float32.
     # The saved model.keras is always float32, whatever trained it.
     precision: str = "auto"
-    val_images: int = 5000  # held out of train for picking the best epoch (0: use the test split)
+    val_images: int = 2000  # held out of train for picking the best epoch (0: use the test split)
     seed: int | None = None  # None: a random seed, recorded in config.json
     distribute: str = "none"  # "none" or "mirrored"
     train_limit: int | None = None  # use only this many training images (smoke runs)
