@@ -99,8 +99,12 @@ def figures_markdown(run: Path, export_dir: Path, evals: dict[str, dict]) -> str
                     f"| **{100 * acc:.2f}%** | {100 * (acc - keras_acc):+.2f} pt | {100 * entry['top1_agreement']:.2f}% "
                     f"| {entry['max_abs_diff']:.1e} |")
     epochs = config["config"]["epochs"]
+    how = [config["config"].get("precision", "float32").replace("mixed_bfloat16", "mixed bfloat16")]
+    if config["config"].get("cutout"):
+        how.append(f"cutout {config['config']['cutout']}")
     lines = [
-        f"The `default` network: {config['parameters']:,} parameters, trained {epochs} epochs on "
+        f"The `default` network: {config['parameters']:,} parameters, trained {epochs} epochs "
+        f"({', '.join(how)}) on "
         f"{config['train_images']:,} training images ({config['validation_images']:,} held out to pick the "
         f"best epoch) in **{seconds / 60:.0f} minutes** of training steps on this 2-core CPU "
         f"({seconds / epochs:.0f} s per epoch).",

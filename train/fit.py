@@ -321,23 +321,13 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
     dataset = take_slice(dataset, config.train_limit, config.test_limit, seed=config.seed)
     x_train, y_train, x_val, y_val = _split_validation(dataset, config, config.seed)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-        return _fit(config, run_dir, dataset, data, x_train, y_train, x_val, y_val, state, resume,
-                    strategy, quiet, log)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
-
-
-def _fit(config, run_dir, dataset, data, x_train, y_train, x_val, y_val, state, resume, strategy,
-         quiet, log) -> FitResult:
-    keras = _keras()
     n_classes = len(dataset.class_names)
     steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
+    # Layers take the global dtype policy when built (a loaded checkpoint keeps its own).
+    with scope, _dtype_policy(precision):
         if resume:
             _register_schedule()
             model = keras.saving.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
@@ -357,7 +347,7 @@ def _fit(config, run_dir, dataset, data, x_train, y_train, x_val, y_val, state, 
             json.dump(meta, fh, indent=2)
         log(f"{config.model}: {model.count_params():,} parameters; {len(x_train):,} training / "
             f"{len(x_val):,} validation images; {config.epochs} epochs of {steps_per_epoch} steps; "
-            f"{keras.config.dtype_policy().name}")
+            f"{precision}")
     else:
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
@@ -421,6 +411,17 @@ def _fit(config, run_dir, dataset, data, x_train, y_train, x_val, y_val, state, 
         restore_signals()
         _STOP.clear()
     return FitResult(run_dir, state["best_val_acc"], state["epoch"], time.perf_counter() - t_start)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str):
+    keras = _keras()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _checkpoint(model, run_dir: Path, state: dict):
