@@ -49,7 +49,7 @@ def output_paths(source: Path, output: str | os.PathLike | None) -> tuple[Path, 
     return fp32, {"int8": Path(f"{stem}-int8.onnx"), "fp16": Path(f"{stem}-fp16.onnx")}, Path(f"{stem}.parity.json")
 
 
-def _check_writable(path: Path) -> None:
+def _prepare_output(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ModelError(f"{path}: output path is a directory (pass -o FILE.onnx)")
@@ -71,7 +71,7 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     if config.int8 and data is None and calibration is None:
         raise DataError("calibration data missing: pass --data DIR (CIFAR-10 with a train split) "
                         "or --calibration DIR (a folder of images) for --int8")
-    _check_writable(fp32_path)
+    _prepare_output(fp32_path)
     stages: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):

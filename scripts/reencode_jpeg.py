@@ -22,16 +22,15 @@ def main(src: Path, out: Path, quality: int) -> None:
     from PIL import Image
     from tqdm import tqdm
 
+    from runtime.atomic import atomic_path
+
     files = sorted(src.glob("*/*/*.jpg")) + sorted(src.glob("*/*/*.png"))
     if not files:
         raise click.ClickException(f"{src}: no SPLIT/CLASS/*.jpg or *.png images")
     for path in tqdm(files, unit="img", desc=f"quality {quality}"):
-        target = (out / path.relative_to(src)).with_suffix(".jpg")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with Image.open(path) as image:
+        # Atomic (and creates the folders): an interrupted run leaves no half-written image.
+        with Image.open(path) as image, atomic_path((out / path.relative_to(src)).with_suffix(".jpg")) as tmp:
             image.convert("RGB").save(tmp, format="JPEG", quality=quality)
-        tmp.replace(target)  # atomic: an interrupted run leaves no half-written image
     click.echo(f"wrote {len(files):,} images at quality {quality} to {out}")
 
 

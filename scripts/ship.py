@@ -2,8 +2,8 @@
 """Reproduce the shipped model end to end: train → evaluate → export (FP32, INT8, FP16) →
 parity on the test split → bundle into the runtime → write the README figures.
 
-    python scripts/ship.py --data ../shared/data/cifar10            # the whole pipeline (~55 min here)
-    python scripts/ship.py --data ../shared/data/cifar10 --run runs/default-v1 --skip-train
+    python scripts/ship.py --data ../shared/data/cifar10            # the whole pipeline (~72 min here)
+    python scripts/ship.py --data ../shared/data/cifar10 --run runs/default --skip-train
 
 Every figure the README shows for the shipped model is read from the reports this script
 writes; none is typed by hand.

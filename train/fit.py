@@ -307,10 +307,11 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
             raise CifarEdgeError(f"{run_dir}: a run is already there; use --resume {run_dir} "
                                  "to continue it or choose another --out")
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        config = config.with_(seed=seed, precision=resolve_precision(config.precision))
+        config = config.with_(seed=seed)
         state = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "finished": False}
-
-    precision = resolve_precision(config.precision)
+    # "auto" becomes what this machine uses; config.json records it.
+    config = config.with_(precision=resolve_precision(config.precision))
+    precision = config.precision
     strategy = setup_devices(config.distribute)
     if strategy is not None:
         log(f"distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} replicas")
