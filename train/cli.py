@@ -15,7 +15,9 @@ _D = TrainConfig()
 @click.option("--data", "data", type=click.Path(), default=None,
               help="CIFAR-10 on disk: DIR/{train,test}/<class>/*.jpg, cifar-10-batches-py/, or "
                    "cifar-10-python.tar.gz. Default: Keras' downloader (needs internet).")
-@click.option("--model", type=str, default=_D.model, help="Model from the registry: tiny or default.")
+@click.option("--model", type=str, default=_D.model,
+              help="Model from the registry: tiny, default (the shipped one) or airbench94 "
+                   "(a 2M-parameter reference, see scripts/reference_run.py).")
 @click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs, help="Passes over the training split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, help="Images per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_D.lr,

@@ -80,18 +80,26 @@ def _temperature_softmax(keras, logits, logit_scale: float):
     return keras.layers.Softmax(name="probabilities", dtype="float32")(x)
 
 
-def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float):
+def _activation(keras, activation: str, name: str):
+    # Layer names keep "relu" whatever the function, so export's float-node lists stay stable.
+    if activation == "relu":
+        return keras.layers.ReLU(name=name)
+    return keras.layers.Activation(activation, name=name)
+
+
+def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float, activation: str = "relu"):
     x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv",
                             kernel_regularizer=_l2(keras, weight_decay))(x)
     # No scale (as in airbench): the following ReLU is scale-invariant, and fewer weights
     # fold into the convolution at export.
     x = keras.layers.BatchNormalization(scale=False, momentum=BN_MOMENTUM, epsilon=1e-5, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    return _activation(keras, activation, f"{name}_relu")(x)
 
 
 def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160, 160),
                   train_images: np.ndarray | None = None, logit_scale: float = 1 / 9,
-                  weight_decay: float = 5e-4, **_) -> "keras.Model":
+                  weight_decay: float = 5e-4, activation: str = "relu", name: str = "default",
+                  **_) -> "keras.Model":
     """The edge model we ship: airbench-style, ~0.83M parameters.
 
     raw RGB → normalize → 2x2 patch-whitening conv (fixed, from data) → ReLU →
@@ -110,19 +118,19 @@ def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160
                                  trainable=False, name="whiten")
     x = whiten(x)
     whiten.set_weights([kernel])
-    x = keras.layers.ReLU(name="whiten_relu")(x)
+    x = _activation(keras, activation, "whiten_relu")(x)
     for i, width in enumerate(widths):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"g{i}_conv1",
                                 kernel_regularizer=_l2(keras, weight_decay))(x)
         x = keras.layers.MaxPooling2D(2, name=f"g{i}_pool")(x)
         x = keras.layers.BatchNormalization(scale=False, momentum=BN_MOMENTUM, epsilon=1e-5, name=f"g{i}_bn1")(x)
-        x = keras.layers.ReLU(name=f"g{i}_relu1")(x)
-        x = _conv_bn_relu(keras, x, width, name=f"g{i}_2", weight_decay=weight_decay)
+        x = _activation(keras, activation, f"g{i}_relu1")(x)
+        x = _conv_bn_relu(keras, x, width, name=f"g{i}_2", weight_decay=weight_decay, activation=activation)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
                            kernel_regularizer=_l2(keras, weight_decay))(x)
     outputs = _temperature_softmax(keras, x, logit_scale)
-    model = keras.Model(inputs, outputs, name="default")
+    model = keras.Model(inputs, outputs, name=name)
     if train_images is not None:
         _dirac_init(model)
     return model
@@ -222,9 +230,18 @@ def load_keras_model(path: str | os.PathLike) -> "keras.Model":
         raise ModelError(f"{path}: cannot load the Keras model ({first[:200]})") from None
 
 
+def build_airbench94(num_classes: int = 10, **kwargs) -> "keras.Model":
+    """A reference, not an edge model: airbench94's network as published (widths 64/256/256,
+    GELU, ~1.97M parameters), to measure what a known recipe reaches on the data at hand
+    (``scripts/reference_run.py``). Too big for the shipped-model limits."""
+    return build_default(num_classes, widths=(64, 256, 256), activation="gelu", name="airbench94",
+                         **{k: v for k, v in kwargs.items() if k not in ("widths", "activation", "name")})
+
+
 MODELS: dict[str, Callable[..., "keras.Model"]] = {
     "tiny": build_tiny,
     "default": build_default,
+    "airbench94": build_airbench94,
 }
 
 
