@@ -64,7 +64,9 @@ SHORT_OF_TARGET = True
 
 @requires_bundle
 @requires_real_data
-@pytest.mark.xfail(SHORT_OF_TARGET, strict=True, reason="the bundled model is below the 92.0% target")
+@pytest.mark.xfail(SHORT_OF_TARGET, strict=True,
+                   reason="the bundled model is below the 92.0% target; on this JPEG copy of CIFAR-10 "
+                          "the published 94% recipe itself reaches 89.9% single-view (README, Shipped model)")
 def test_bundled_fp32_reaches_the_target(accuracies):
     assert accuracies["fp32"] >= FP32_TARGET, f"FP32 {100 * accuracies['fp32']:.2f}% is below 92.0%"
 
