@@ -33,27 +33,25 @@ PUBLISHED = {"source": "KellerJordan/cifar10-airbench legacy/airbench94.py",
              "tta_level_2_accuracy": 0.9401, "epochs": 9.9}
 
 
-def tta_views(images: np.ndarray, level: int) -> list[np.ndarray]:
-    """airbench's test-time views of (N, 32, 32, 3) images: 0 the image; 1 plus its mirror;
-    2 plus both of those shifted one pixel up-left and down-right (reflect padding)."""
-    views = [images]
-    if level >= 1:
-        views.append(images[:, :, ::-1])
+def tta_views(images: np.ndarray, level: int) -> list[tuple[np.ndarray, float]]:
+    """airbench's test-time views of (N, 32, 32, 3) images with their weights: 0 the image;
+    1 it and its mirror, half each; 2 the unshifted pair a quarter each, and the pairs with the content
+    moved one pixel down-right and up-left (reflect padding) an eighth each."""
+    if level == 0:
+        return [(images, 1.0)]
+    pairs = [images]
     if level >= 2:
         padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        for shifted in (padded[:, :32, :32], padded[:, 2:, 2:]):
-            views += [shifted, shifted[:, :, ::-1]]
-    return views
+        pairs += [padded[:, :32, :32], padded[:, 2:, 2:]]
+    weights = [0.5] if level == 1 else [0.25, 0.125, 0.125]
+    return [(view, weight) for image, weight in zip(pairs, weights) for view in (image, image[:, :, ::-1])]
 
 
 def tta_accuracy(model, images: np.ndarray, labels: np.ndarray, level: int) -> float:
-    """Accuracy with airbench's view weights: the unshifted pair counts half, the shifted
-    pairs a quarter each. Log-probabilities are averaged, which ranks classes as averaging
-    logits does (the per-view normalizer is the same for every class)."""
-    views = tta_views(images, level)
-    weights = [1.0] if level == 0 else [0.5, 0.5] if level == 1 else [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    """Accuracy over the weighted views. Log-probabilities are averaged, which ranks classes as
+    averaging logits does (the per-view normalizer is the same for every class)."""
     score = 0.0
-    for view, weight in zip(views, weights):
+    for view, weight in tta_views(images, level):
         probs = model.predict(np.ascontiguousarray(view, np.float32), batch_size=1000, verbose=0)
         score = score + weight * np.log(np.clip(probs, 1e-12, 1.0))
     return float(np.mean(np.argmax(score, 1) == labels))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
-import pytest
 
 from conftest import REPO, requires_tf
 
@@ -58,10 +57,12 @@ def test_tta_views_follow_airbench():
     ref = _reference_script()
     images = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     assert len(ref.tta_views(images, 0)) == 1 and len(ref.tta_views(images, 1)) == 2
-    views = ref.tta_views(images, 2)
+    for level in (0, 1, 2):  # the weights of a level sum to one
+        assert sum(weight for _, weight in ref.tta_views(images, level)) == 1.0
+    views = [view for view, _ in ref.tta_views(images, 2)]
     assert len(views) == 6 and all(v.shape == images.shape for v in views)
     np.testing.assert_array_equal(views[1], images[:, :, ::-1])
-    # Shifted one pixel down-right (content moves up-left) and up-left, reflect-padded at the border.
+    # Content moved one pixel down-right, then up-left; reflect padding fills the border.
     np.testing.assert_array_equal(views[2][:, 1:, 1:], images[:, :31, :31])
     np.testing.assert_array_equal(views[2][:, 0, 1:], images[:, 1, :31])
     np.testing.assert_array_equal(views[4][:, :31, :31], images[:, 1:, 1:])

@@ -234,8 +234,7 @@ def build_airbench94(num_classes: int = 10, **kwargs) -> "keras.Model":
     """A reference, not an edge model: airbench94's network as published (widths 64/256/256,
     GELU, ~1.97M parameters), to measure what a known recipe reaches on the data at hand
     (``scripts/reference_run.py``). Too big for the shipped-model limits."""
-    return build_default(num_classes, widths=(64, 256, 256), activation="gelu", name="airbench94",
-                         **{k: v for k, v in kwargs.items() if k not in ("widths", "activation", "name")})
+    return build_default(num_classes, widths=(64, 256, 256), activation="gelu", name="airbench94", **kwargs)
 
 
 MODELS: dict[str, Callable[..., "keras.Model"]] = {
