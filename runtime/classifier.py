@@ -8,7 +8,6 @@ classifier reads them, feeds the model exactly what ``runtime.preprocess`` produ
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,13 +18,11 @@ import numpy as np
 from PIL import Image
 
 from . import preprocess
-from .contract import KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT, KEY_OUTPUT, KEY_VARIANT, InputContract
-from .errors import CifarEdgeError, ImageError, ModelError, ProviderError
-from .providers import resolve, short_name
+from .errors import CifarEdgeError, ImageError, ModelError
+from .providers import short_name
+from .session import create_session, model_metadata
 
 DISPLAY_SIZE = (1024, 1024)  # px: decode size of images kept for annotation (JPEG draft)
-HOW_TO_EXPORT = ("export the Keras model with `cifar-export`, which writes the class names and "
-                 "input contract into the ONNX metadata")
 
 
 @dataclass(frozen=True)
@@ -79,48 +76,20 @@ class Classifier:
 
     def __init__(self, model_path: str | os.PathLike, provider: str = "auto", threads: int = 0,
                  top_k: int = 3):
-        import onnxruntime as ort  # imported here so `import runtime` stays light
-
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ModelError(f"{self.model_path}: no such model file")
-        if threads < 0:
-            raise ModelError(f"threads must be >= 0, got {threads}")
-        providers = resolve(provider)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: warnings about unused providers are noise
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own pybind types for bad files
-            raise ModelError(f"{self.model_path}: onnxruntime cannot load it "
-                             f"({type(exc).__name__}: {str(exc).strip()[:300]})") from None
-        # onnxruntime falls back to the CPU when a GPU provider fails to initialise; we don't.
-        if providers[0] not in self.session.get_providers():
-            raise ProviderError(f"execution provider {short_name(providers[0])!r} failed to "
-                                f"initialise for {self.model_path} (onnxruntime fell back to "
-                                f"{', '.join(map(short_name, self.session.get_providers()))})")
+        self.session = create_session(self.model_path, provider=provider, threads=threads)
         self.provider = short_name(self.session.get_providers()[0])
         self.threads = threads
         self.top_k = top_k
-        self._read_metadata()
+        self.metadata = model_metadata(self.session, self.model_path)
+        self.class_names: tuple[str, ...] = self.metadata.class_names
+        self.contract = self.metadata.contract
+        self.output_kind = self.metadata.output_kind
+        self.variant = self.metadata.variant
+        self._check_graph()
 
-    def _read_metadata(self) -> None:
-        meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in (KEY_FORMAT, KEY_CLASS_NAMES, KEY_INPUT) if k not in meta]
-        if missing:
-            raise ModelError(f"{self.model_path} has no cifar-edge metadata (missing "
-                             f"{', '.join(missing)}); {HOW_TO_EXPORT}")
-        try:
-            self.class_names: tuple[str, ...] = tuple(json.loads(meta[KEY_CLASS_NAMES]))
-            self.contract = InputContract.from_json(meta[KEY_INPUT])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelError(f"{self.model_path}: unreadable cifar-edge metadata ({exc}); "
-                             f"{HOW_TO_EXPORT}") from None
-        self.output_kind = meta.get(KEY_OUTPUT, "probabilities")
-        self.variant = meta.get(KEY_VARIANT, "unknown")
-        self.metadata = dict(meta)
-
+    def _check_graph(self) -> None:
+        """The graph must have the one input and the output count the metadata describes."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"{self.model_path}: expected one input and an output, got "

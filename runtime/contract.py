@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+from .errors import ModelError
 
 FORMAT_VERSION = "1"
 
@@ -19,6 +22,10 @@ KEY_OUTPUT = "cifar_edge.output"  # "probabilities" or "logits"
 KEY_VARIANT = "cifar_edge.variant"  # "fp32" | "int8" | "fp16"
 KEY_PROVENANCE = "cifar_edge.provenance"  # JSON: source sha256, tool versions, created
 KEY_PARITY = "cifar_edge.parity"  # JSON: parity figures measured at export time
+JSON_KEYS = (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY)  # values stored as JSON text
+REQUIRED_KEYS = (KEY_FORMAT, KEY_CLASS_NAMES, KEY_INPUT)
+HOW_TO_EXPORT = ("export the Keras model with `cifar-export`, which writes the class names and "
+                 "input contract into the ONNX metadata")
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -53,3 +60,42 @@ class InputContract:
         raw["value_range"] = tuple(raw["value_range"])
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a cifar-edge ONNX file says about itself, read from its metadata_props."""
+
+    class_names: tuple[str, ...]  # index = output position
+    contract: InputContract
+    output_kind: str  # "probabilities" or "logits"
+    variant: str  # "fp32" | "int8" | "fp16" | "unknown"
+    raw: Mapping[str, str]  # every metadata_props entry, as stored (strings)
+    source: str  # the file it was read from, for messages
+
+    @classmethod
+    def from_map(cls, meta: Mapping[str, str], source: str) -> "ModelMetadata":
+        """Parse ``meta`` (an ONNX custom metadata map) of the model at ``source``; a
+        ModelError says what is missing or unreadable and how to get a proper file."""
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise ModelError(f"{source} has no cifar-edge metadata (missing {', '.join(missing)}); "
+                             f"{HOW_TO_EXPORT}")
+        try:
+            class_names = tuple(json.loads(meta[KEY_CLASS_NAMES]))
+            contract = InputContract.from_json(meta[KEY_INPUT])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"{source}: unreadable cifar-edge metadata ({exc}); {HOW_TO_EXPORT}") from None
+        return cls(class_names, contract, meta.get(KEY_OUTPUT, "probabilities"),
+                   meta.get(KEY_VARIANT, "unknown"), dict(meta), source)
+
+    def decoded(self) -> dict[str, object]:
+        """``raw`` with the JSON-valued keys (class names, input, provenance, parity) decoded."""
+        decoded: dict[str, object] = {}
+        for key, value in self.raw.items():
+            try:
+                decoded[key] = json.loads(value) if key in JSON_KEYS else value
+            except ValueError as exc:
+                raise ModelError(f"{self.source}: unreadable cifar-edge metadata ({key}: {exc}); "
+                                 f"{HOW_TO_EXPORT}") from None
+        return decoded
