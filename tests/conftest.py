@@ -1,17 +1,24 @@
-"""Shared fixtures: small generated CIFAR-10-shaped data, so tests never need the real set."""
+"""Shared fixtures: small generated CIFAR-10-shaped data and tiny models, so tests never need
+the real set.
+
+Every fixture is found by pytest, so test modules import none. TensorFlow, Keras and onnx are
+imported inside the fixtures that need them: the runtime tests also run in the base-only
+environment (see .ci/run).
+"""
 
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from runtime_models import COMMITTED, build_model
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -58,3 +65,62 @@ def has_module(name: str) -> bool:
 requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
 requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
                                         reason=f"real CIFAR-10 not found at {REAL_DATA}")
+
+
+# -- tiny ONNX models for the runtime tests (tests/runtime_models.py builds them) ---------------
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny colour classifier with full cifar-edge metadata."""
+    if has_module("onnx"):
+        return build_model(tmp_path_factory.mktemp("models") / "tiny_contract.onnx")
+    return COMMITTED["contract"]
+
+
+@pytest.fixture(scope="session")
+def no_metadata_model(tmp_path_factory) -> Path:
+    if has_module("onnx"):
+        return build_model(tmp_path_factory.mktemp("models") / "tiny_no_metadata.onnx",
+                           with_metadata=False)
+    return COMMITTED["no_metadata"]
+
+
+@pytest.fixture
+def bundled_assets(tmp_path, monkeypatch, tiny_model) -> Path:
+    """A placeholder bundled model: the assets directory points at a copy of the tiny model."""
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(tiny_model, assets / "model-int8.onnx")
+    monkeypatch.setenv("CIFAR_EDGE_ASSETS", str(assets))
+    return assets
+
+
+# -- a tiny Keras model and its export, for the export tests: built once, untrained ------------
+
+@pytest.fixture(scope="session")
+def tiny_keras(tmp_path_factory) -> Path:
+    import keras
+
+    from train.models import build_tiny
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "model.keras"
+    build_tiny().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    return write_folder_dataset(tmp_path_factory.mktemp("data") / "cifar10", n_train=60, n_test=40)
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_keras, small_data, tmp_path_factory):
+    """One full export (FP32 + INT8 + FP16 with data) shared by the read-back tests."""
+    from export import DEFAULT_THRESHOLDS, ExportConfig, Int8Config, export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    config = ExportConfig(int8=True, fp16=True, quiet=True, int8_config=Int8Config(calib_images=50),
+                          # 40 test images: one image is 2.5 points; this test is not about INT8 accuracy
+                          int8_thresholds=DEFAULT_THRESHOLDS["int8"].override(max_accuracy_drop=100.0))
+    return export_model(tiny_keras, config, output=out, data=small_data)

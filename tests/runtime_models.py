@@ -6,21 +6,19 @@ green "automobile", pure blue "bird", yellow (red + green) "cat". ``reference_pr
 computes the same in numpy, so tests can check the runtime feeds raw 0-255 pixels.
 
 ``onnx`` is only in the full environment; the base environment uses the committed copies in
-tests/data (regenerate them with ``python tests/runtime_models.py``).
+tests/data (regenerate them with ``python tests/runtime_models.py``). The fixtures that hand
+these models to tests (``tiny_model``, ``no_metadata_model``, ``bundled_assets``) are in conftest.py.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES,  # noqa: E402
-                              KEY_FORMAT, KEY_INPUT, KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT,
-                              InputContract)
+from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
+                              KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT, InputContract)
 
 DATA = Path(__file__).resolve().parent / "data"
 COMMITTED = {"contract": DATA / "tiny_contract.onnx", "no_metadata": DATA / "tiny_no_metadata.onnx"}
@@ -94,54 +92,15 @@ def build_model(path: str | Path, *, meta: dict[str, str] | None = None, with_me
     return path
 
 
-if __name__ == "__main__":
-    build_model(COMMITTED["contract"])
-    build_model(COMMITTED["no_metadata"], with_metadata=False)
-    for p in COMMITTED.values():
-        print(p, p.stat().st_size, "bytes")
-
-
-# -- pytest fixtures (imported by the tests/test_runtime_*.py modules) ---------------------
-
-import pytest  # noqa: E402
-
-
-def _has_onnx() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnx") is not None
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """The tiny colour classifier with full cifar-edge metadata."""
-    if _has_onnx():
-        return build_model(tmp_path_factory.mktemp("models") / "tiny_contract.onnx")
-    return COMMITTED["contract"]
-
-
-@pytest.fixture(scope="session")
-def no_metadata_model(tmp_path_factory) -> Path:
-    if _has_onnx():
-        return build_model(tmp_path_factory.mktemp("models") / "tiny_no_metadata.onnx",
-                           with_metadata=False)
-    return COMMITTED["no_metadata"]
-
-
-@pytest.fixture
-def bundled_assets(tmp_path, monkeypatch, tiny_model) -> Path:
-    """A placeholder bundled model: the assets directory points at a copy of the tiny model."""
-    import shutil
-
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    shutil.copy(tiny_model, assets / "model-int8.onnx")
-    monkeypatch.setenv("CIFAR_EDGE_ASSETS", str(assets))
-    return assets
-
-
 def solid(rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> np.ndarray:
     """(H, W, 3) uint8 RGB filled with one colour; ``size`` is (width, height)."""
     arr = np.zeros((size[1], size[0], 3), np.uint8)
     arr[...] = rgb
     return arr
+
+
+if __name__ == "__main__":
+    build_model(COMMITTED["contract"])
+    build_model(COMMITTED["no_metadata"], with_metadata=False)
+    for p in COMMITTED.values():
+        print(p, p.stat().st_size, "bytes")

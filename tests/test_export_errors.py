@@ -6,7 +6,6 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import requires_tf
-from export_fixtures import save_model, small_data, tiny_keras  # noqa: F401 (fixtures)
 
 pytestmark = requires_tf
 
@@ -31,8 +30,9 @@ def _odd_model(tmp_path, shape, classes):
 
     inputs = keras.Input(shape=shape, name="image")
     x = keras.layers.Flatten()(inputs)
-    return save_model(keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x)),
-                      tmp_path / "odd.keras")
+    path = tmp_path / "odd.keras"
+    keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x)).save(path)
+    return path
 
 
 def test_missing_file(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import requires_tf
-from export_fixtures import exported, small_data, tiny_keras  # noqa: F401 (fixtures)
 
 
 def test_compare_figures():

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import requires_tf
-from export_fixtures import exported, small_data, tiny_keras  # noqa: F401 (fixtures)
 from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
                               KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, InputContract)
 

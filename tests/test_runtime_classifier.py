@@ -11,8 +11,7 @@ from runtime.contract import CIFAR10_CLASSES
 from runtime.errors import ImageError, ModelError, ProviderError
 from runtime.preprocess import prepare, to_batch
 from runtime.providers import available_providers, resolve
-from runtime_models import (COMMITTED, bundled_assets, build_model, metadata,  # noqa: F401
-                            no_metadata_model, reference_probabilities, solid, tiny_model)
+from runtime_models import COMMITTED, build_model, metadata, reference_probabilities, solid
 
 SAMPLES = sorted((__import__("runtime.bundled").bundled.PACKAGE_ASSETS / "samples").glob("*.jpg"))
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from runtime.cli import main
-from runtime_models import bundled_assets, no_metadata_model, solid, tiny_model  # noqa: F401
+from runtime_models import solid
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "cv2")

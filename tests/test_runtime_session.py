@@ -11,7 +11,7 @@ from runtime.contract import (HOW_TO_EXPORT, KEY_CLASS_NAMES, KEY_INPUT, KEY_PRO
                               CIFAR10_CLASSES, InputContract, ModelMetadata)
 from runtime.errors import ModelError, ProviderError
 from runtime.session import IN_MEMORY, create_session, model_metadata
-from runtime_models import metadata, no_metadata_model, solid, tiny_model  # noqa: F401
+from runtime_models import metadata, solid
 
 
 def run(*args):

@@ -22,7 +22,6 @@ from runtime import video  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
 from runtime.cli import main  # noqa: E402
 from runtime.errors import SourceError  # noqa: E402
-from runtime_models import tiny_model  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
 RED_BGR, BLUE_BGR, GREEN_BGR = (0, 0, 255), (255, 0, 0), (0, 255, 0)
