@@ -17,44 +17,16 @@ About 28 minutes on the 2-core training machine (bfloat16; 142 s per epoch). Wri
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.atomic import atomic_write  # noqa: E402
-from runtime.cli_support import run_cli, traceback_option  # noqa: E402
+from runtime.atomic import atomic_write
+from runtime.cli_support import run_cli, traceback_option
 
 PUBLISHED = {"source": "KellerJordan/cifar10-airbench legacy/airbench94.py",
              "tta_level_2_accuracy": 0.9401, "epochs": 9.9}
-
-
-def tta_views(images: np.ndarray, level: int) -> list[tuple[np.ndarray, float]]:
-    """airbench's test-time views of (N, 32, 32, 3) images with their weights: 0 the image;
-    1 it and its mirror, half each; 2 the unshifted pair a quarter each, and the pairs with the content
-    moved one pixel down-right and up-left (reflect padding) an eighth each."""
-    if level == 0:
-        return [(images, 1.0)]
-    pairs = [images]
-    if level >= 2:
-        padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        pairs += [padded[:, :32, :32], padded[:, 2:, 2:]]
-    weights = [0.5] if level == 1 else [0.25, 0.125, 0.125]
-    return [(view, weight) for image, weight in zip(pairs, weights) for view in (image, image[:, :, ::-1])]
-
-
-def tta_accuracy(model, images: np.ndarray, labels: np.ndarray, level: int) -> float:
-    """Accuracy over the weighted views. Log-probabilities are averaged, which ranks classes as
-    averaging logits does (the per-view normalizer is the same for every class)."""
-    score = 0.0
-    for view, weight in tta_views(images, level):
-        probs = model.predict(np.ascontiguousarray(view, np.float32), batch_size=1000, verbose=0)
-        score = score + weight * np.log(np.clip(probs, 1e-12, 1.0))
-    return float(np.mean(np.argmax(score, 1) == labels))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -75,6 +47,7 @@ def main(data, run_dir, model, epochs, cutout, seed, show_traceback):
         from train.data import load_cifar10
         from train.fit import fit
         from train.models import as_float32, load_keras_model
+        from train.tta import tta_accuracy
 
         dataset = load_cifar10(data)
         config = TrainConfig(model=model, epochs=epochs, cutout=cutout, seed=seed,

@@ -1,19 +1,12 @@
-"""The reference network (airbench94 as published) and scripts/reference_run.py's scoring."""
+"""The reference network (airbench94 as published) and its scoring with airbench's test-time
+views (train.tta, used by scripts/reference_run.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from conftest import REPO, requires_tf
-
-
-def _reference_script():
-    spec = importlib.util.spec_from_file_location("reference_run", REPO / "scripts" / "reference_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import requires_tf
+from train.tta import tta_accuracy, tta_views
 
 
 @requires_tf
@@ -54,12 +47,11 @@ def test_activation_choice_changes_the_function_not_the_weights():
 
 
 def test_tta_views_follow_airbench():
-    ref = _reference_script()
     images = np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    assert len(ref.tta_views(images, 0)) == 1 and len(ref.tta_views(images, 1)) == 2
+    assert len(tta_views(images, 0)) == 1 and len(tta_views(images, 1)) == 2
     for level in (0, 1, 2):  # the weights of a level sum to one
-        assert sum(weight for _, weight in ref.tta_views(images, level)) == 1.0
-    views = [view for view, _ in ref.tta_views(images, 2)]
+        assert sum(weight for _, weight in tta_views(images, level)) == 1.0
+    views = [view for view, _ in tta_views(images, 2)]
     assert len(views) == 6 and all(v.shape == images.shape for v in views)
     np.testing.assert_array_equal(views[1], images[:, :, ::-1])
     # Content moved one pixel down-right, then up-left; reflect padding fills the border.
@@ -80,13 +72,12 @@ class _ColumnModel:
 
 
 def test_tta_accuracy_weights_the_views():
-    ref = _reference_script()
     images = np.zeros((4, 32, 32, 3), np.uint8)
     images[:, :, :16] = 200
     labels = np.ones(4, np.int64)
     model = _ColumnModel()
-    assert ref.tta_accuracy(model, images, labels, 0) == 1.0
+    assert tta_accuracy(model, images, labels, 0) == 1.0
     # Image and mirror count half each: 0.5*log(0.4) + 0.5*log(0.9) beats 0.5*log(0.6) + 0.5*log(0.1).
-    assert ref.tta_accuracy(model, images, labels, 1) == 0.0
-    assert ref.tta_accuracy(model, images, labels, 2) == 0.0
-    assert ref.tta_accuracy(model, images[:, :, ::-1], 1 - labels, 1) == 1.0
+    assert tta_accuracy(model, images, labels, 1) == 0.0
+    assert tta_accuracy(model, images, labels, 2) == 0.0
+    assert tta_accuracy(model, images[:, :, ::-1], 1 - labels, 1) == 1.0
