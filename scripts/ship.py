@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import click
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 ASSETS = REPO / "runtime" / "assets"  # ships in the runtime wheel: FP32 + INT8 ONNX, parity, samples
 SHIPPED = REPO / "train" / "shipped" / "default"  # in the repository, not in the wheel
