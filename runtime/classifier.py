@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import preprocess
+from .batching import predict_in_batches
 from .errors import CifarEdgeError, ImageError, ModelError
 from .providers import short_name
 from .session import create_session, model_metadata
@@ -31,7 +32,9 @@ class Prediction:
 
     top_k: tuple[tuple[str, float], ...]
     probabilities: np.ndarray  # (num_classes,) float32, sums to 1
-    infer_ms: float = 0.0  # onnxruntime time for the batch this image was in
+    # Milliseconds of onnxruntime time per image: the time of the batch this image ran in,
+    # divided by the batch's size (decoding and resizing not included).
+    infer_ms: float = 0.0
 
     @property
     def label(self) -> str:
@@ -142,16 +145,16 @@ class Classifier:
         """Prepared images -> ((N, num_classes) probabilities, milliseconds in onnxruntime)."""
         batch = preprocess.to_batch(prepared_hwc, self.contract)  # (N, H, W, 3) float32 0-255
         start = time.perf_counter()
-        if self.fixed_batch == 1 and len(batch) > 1:
-            out = np.concatenate([self.session.run([self.output_name], {self.input_name: b[None]})[0]
-                                  for b in batch])
-        else:
-            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        # A model exported with a fixed batch dimension takes exactly that many images a call.
+        out = predict_in_batches(self._infer, batch, self.fixed_batch or max(1, len(batch)))
         ms = (time.perf_counter() - start) * 1000.0
         out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
         if self.output_kind == "logits":
             out = _softmax(out)
         return out, ms
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def top_from(self, probs: np.ndarray, ms: float = 0.0, top_k: int | None = None) -> Prediction:
         """(num_classes,) probabilities -> a Prediction with the top-k labels."""
@@ -176,11 +179,15 @@ class Classifier:
         key = "image_rgb" if color_order == "RGB" else "frame_bgr"
         prepared = [self.prepare(**{key: x}) if isinstance(x, np.ndarray) else self.prepare(x)
                     for x in images]
-        results: list[Prediction] = []
-        for i in range(0, len(prepared), batch_size):
-            probs, ms = self.run(prepared[i:i + batch_size])
-            results += [self.top_from(p, ms, top_k) for p in probs]
-        return results
+        per_image_ms: list[float] = []
+
+        def run_batch(chunk: list[np.ndarray]) -> np.ndarray:
+            probs, ms = self.run(chunk)
+            per_image_ms.extend([ms / len(chunk)] * len(chunk))
+            return probs
+
+        probs = predict_in_batches(run_batch, prepared, batch_size)
+        return [self.top_from(p, ms, top_k) for p, ms in zip(probs, per_image_ms)]
 
     def predict_files(self, sources: Iterable[str | os.PathLike], *, top_k: int | None = None,
                       batch_size: int = 32, keep_images: bool = False) -> Iterator[FileResult]:
@@ -196,7 +203,7 @@ class Classifier:
             if pending:
                 probs, ms = self.run([hwc for _, hwc, _ in pending])
                 for (src, _, img), p in zip(pending, probs):
-                    yield FileResult(src, self.top_from(p, ms, top_k), image_rgb=img)
+                    yield FileResult(src, self.top_from(p, ms / len(pending), top_k), image_rgb=img)
                 pending.clear()
 
         for source in sources:

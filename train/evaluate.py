@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
+from runtime.batching import predict_in_batches
 from runtime.errors import ModelError
 
 from .data import Cifar10, load_cifar10, take_slice
@@ -54,12 +55,11 @@ def predict_probabilities(model_path: Path, images_rgb: np.ndarray, batch_size: 
         predict = _onnx_predictor(model_path)
     else:
         raise ModelError(f"{model_path}: expected a .keras or .onnx model")
-    out = []
-    for start in tqdm(range(0, len(images_rgb), batch_size), desc="evaluating", unit="batch",
-                      disable=quiet, leave=False, file=sys.stderr):
+    with tqdm(total=len(images_rgb), desc="evaluating", unit="img", disable=quiet, leave=False,
+              file=sys.stderr) as bar:
         # The model takes raw 0-255 RGB pixels; scaling is inside its graph.
-        out.append(predict(images_rgb[start:start + batch_size].astype(np.float32)))
-    return np.concatenate(out)
+        return predict_in_batches(lambda chunk: predict(chunk.astype(np.float32)), images_rgb,
+                                  batch_size, on_batch=bar.update)
 
 
 def _keras_predictor(model_path: Path):
