@@ -14,6 +14,7 @@ import numpy as np
 from runtime.atomic import atomic_path
 from runtime.contract import CIFAR10_CLASSES, InputContract
 from runtime.errors import ModelError
+from runtime.session import create_session
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 everywhere (Pi, Jetson); tf2onnx's tested default
 INPUT_NAME = "image_rgb"
@@ -124,20 +125,12 @@ def check_onnx(model_proto, contract: InputContract | None = None) -> None:
         onnx.checker.check_model(model_proto)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the converted ONNX model fails the ONNX checker: {str(exc)[:300]}") from None
-    session = session_from_proto(model_proto)
+    session = create_session(model_proto)
     batch_nhwc = np.zeros((2, contract.height, contract.width, contract.channels), np.float32)
     out = session.run(None, {session.get_inputs()[0].name: batch_nhwc})[0]
     if out.shape != (2, len(CIFAR10_CLASSES)) or not np.all(np.isfinite(out)):
         raise ModelError(f"the converted ONNX model gives output {out.shape} "
                          f"(finite: {bool(np.all(np.isfinite(out)))}), expected (2, 10)")
-
-
-def session_from_proto(model_proto):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def save_onnx(model_proto, path: str | os.PathLike) -> int:

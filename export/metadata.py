@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runtime.contract import (FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT, KEY_OUTPUT,
                               KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, InputContract)
+from runtime.session import create_session, model_metadata
 
 PRODUCER = "cifar-edge export"
 TOOLS = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
@@ -88,18 +89,9 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, object]:
-    """The cifar-edge keys of an .onnx file, JSON values decoded, read the runtime's way."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    raw = session.get_modelmeta().custom_metadata_map
-    decoded: dict[str, object] = {}
-    for key, value in raw.items():
-        if key in (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY):
-            decoded[key] = json.loads(value)
-        else:
-            decoded[key] = value
-    return decoded
+    """The cifar-edge keys of an .onnx file, JSON values decoded, read the runtime's way
+    (``runtime.session.model_metadata``); ModelError when the file has none."""
+    return model_metadata(create_session(path), path).decoded()
 
 
 def _version_of(dist: str) -> str:

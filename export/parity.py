@@ -17,8 +17,10 @@ from typing import Callable
 import numpy as np
 
 from runtime.atomic import atomic_write
+from runtime.batching import predict_in_batches
 from runtime.contract import KEY_VARIANT
 from runtime.errors import DataError, ModelError
+from runtime.session import create_session
 
 BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
 N_RANDOM, N_PATTERNED = 256, 64  # the synthetic set used when no data is given
@@ -108,19 +110,10 @@ def keras_predictor(model) -> Predict:
 
 def onnx_predictor(model: str | os.PathLike | bytes | object) -> Predict:
     """An onnxruntime CPU session on a path, serialized bytes or a ModelProto."""
-    import onnxruntime as ort
+    return _session_predictor(create_session(model))
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
-    elif not isinstance(model, bytes):
-        model = os.fspath(model)
-    try:
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        name = model if isinstance(model, str) else "<in-memory model>"
-        raise ModelError(f"{name}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+
+def _session_predictor(session) -> Predict:
     input_name = session.get_inputs()[0].name
     return lambda batch: np.asarray(session.run(None, {input_name: batch})[0], dtype=np.float32)
 
@@ -135,11 +128,9 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predict, str]:
 
         return keras_predictor(load_keras(path).model), "keras"
     if path.suffix == ".onnx":
-        predict = onnx_predictor(path)
-        import onnxruntime as ort
-
-        meta = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"]).get_modelmeta()
-        return predict, meta.custom_metadata_map.get(KEY_VARIANT, "fp32")
+        session = create_session(path)
+        variant = session.get_modelmeta().custom_metadata_map.get(KEY_VARIANT, "fp32")
+        return _session_predictor(session), variant
     raise ModelError(f"{path}: unknown model type (expected a .keras or .onnx file)")
 
 
@@ -147,13 +138,8 @@ def predict_all(predict: Predict, batch_nhwc: np.ndarray, label: str, quiet: boo
     """(N, 10) outputs, in BATCH_SIZE chunks, with a progress bar on stderr."""
     from tqdm import tqdm
 
-    chunks = []
     with tqdm(total=len(batch_nhwc), desc=label, unit="img", file=sys.stderr, disable=quiet, leave=False) as bar:
-        for start in range(0, len(batch_nhwc), BATCH_SIZE):
-            chunk = batch_nhwc[start:start + BATCH_SIZE]
-            chunks.append(predict(chunk))
-            bar.update(len(chunk))
-    return np.concatenate(chunks)
+        return predict_in_batches(predict, batch_nhwc, BATCH_SIZE, on_batch=bar.update)
 
 
 # --- comparison ---------------------------------------------------------------------------

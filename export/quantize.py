@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.batching import predict_in_batches
 from runtime.errors import DataError, ModelError
 from runtime.preprocess import prepare, to_batch
 
@@ -146,7 +147,7 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .parity import onnx_predictor
+    from .parity import BATCH_SIZE, onnx_predictor
 
     if len(calib) == 0:
         raise DataError("calibration data missing: no calibration images")
@@ -163,8 +164,7 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
 
         def accuracy(proto) -> float:
             x, y = held_out
-            predict = onnx_predictor(proto)
-            top1 = np.concatenate([predict(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+            top1 = predict_in_batches(onnx_predictor(proto), x, BATCH_SIZE).argmax(1)
             return float(np.mean(top1 == y) * 100)
 
         exclude = list(softmax)
