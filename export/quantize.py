@@ -15,10 +15,9 @@ import numpy as np
 
 from runtime.batching import predict_in_batches
 from runtime.errors import DataError, ModelError
-from runtime.preprocess import prepare, to_batch
+from runtime.preprocess import IMAGE_SUFFIXES, prepare, to_batch
 
 CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a time
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)

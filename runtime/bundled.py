@@ -10,14 +10,13 @@ import os
 from pathlib import Path
 
 from .errors import ModelError
+from .preprocess import IMAGE_SUFFIXES
 
 PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
 ASSETS_DIR: Path | None = None  # overrides the env var and the package directory when set
 ASSETS_ENV = "CIFAR_EDGE_ASSETS"
 # Preference order: the int8 model is smaller and faster on a Pi; fp32 when it is absent.
 MODEL_NAMES = ("model-int8.onnx", "model.onnx")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm", ".pbm")
 
 
 def assets_dir() -> Path:

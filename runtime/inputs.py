@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-from .bundled import IMAGE_SUFFIXES
 from .errors import SourceError
+from .preprocess import IMAGE_SUFFIXES
 
 _GLOB_CHARS = set("*?[")
 

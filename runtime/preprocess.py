@@ -22,6 +22,11 @@ from .errors import ImageError
 # 50 Mpx is above any camera a Pi or Jetson user will meet, far below a bomb.
 MAX_PIXELS = 50_000_000
 
+# The file suffixes (lower case) taken as images wherever a folder is searched: runtime,
+# calibration and training data alike. All are formats Pillow reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm", ".pbm")
+
 ImageSource = Union[str, os.PathLike, Image.Image]
 
 _RESAMPLE = {
