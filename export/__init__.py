@@ -3,15 +3,15 @@
     from export import export_model, ExportConfig
     result = export_model("runs/tiny/model.keras", ExportConfig(int8=True, fp16=True),
                           data="../shared/data/cifar10")
-    print(result.report.table())
+    print(result.report.table())  # result.passed: every threshold met
 
 Heavy imports (TensorFlow, tf2onnx, onnx) happen inside the functions that need them.
 """
 
 from .metadata import read_metadata
-from .parity import DEFAULT_THRESHOLDS, ParityEntry, ParityReport, Thresholds
+from .parity import DEFAULT_THRESHOLDS, ParityEntry, ParityFailed, ParityReport, Thresholds, raise_if_failed
 from .pipeline import ExportConfig, ExportResult, check_parity, export_model
 from .quantize import Int8Config
 
-__all__ = ["export_model", "check_parity", "read_metadata", "ExportConfig", "ExportResult", "Int8Config",
-           "ParityEntry", "ParityReport", "Thresholds", "DEFAULT_THRESHOLDS"]
+__all__ = ["export_model", "check_parity", "raise_if_failed", "read_metadata", "ExportConfig", "ExportResult",
+           "Int8Config", "ParityEntry", "ParityFailed", "ParityReport", "Thresholds", "DEFAULT_THRESHOLDS"]

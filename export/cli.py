@@ -6,7 +6,7 @@ import click
 
 from runtime.cli_support import run_cli, traceback_option
 
-from .parity import DEFAULT_THRESHOLDS
+from .parity import DEFAULT_THRESHOLDS, raise_if_failed
 
 PROG = "cifar-export"
 
@@ -64,40 +64,12 @@ def main(model, output, opset, int8, fp16, data, calibration, calib_images, cali
             int8_thresholds=DEFAULT_THRESHOLDS["int8"].override(max_accuracy_drop=max_int8_drop),
             fp16_thresholds=DEFAULT_THRESHOLDS["fp16"].override(min_agreement=fp16_min_agreement,
                                                                 max_abs_diff=fp16_max_abs_diff))
-        try:
-            result = export_model(model, config, output=output, data=data, calibration=calibration)
-        except _threshold_error() as exc:
-            _print_report_of(exc)
-            raise
+        result = export_model(model, config, output=output, data=data, calibration=calibration)
         click.echo(result.report.table())
+        raise_if_failed(result.report, result.report_path, files_written=True)
         for variant, path in result.onnx_paths.items():
             click.echo(f"wrote {path} ({variant})")
         click.echo(f"wrote {result.report_path}")
         return 0
 
     run_cli(PROG, body, show_traceback)
-
-
-def _threshold_error():
-    from runtime.errors import ThresholdError
-
-    return ThresholdError
-
-
-def _print_report_of(exc) -> None:
-    """On a threshold failure the report file exists: show its table before the error line."""
-    import json
-    import re
-
-    match = re.search(r"see (\S+\.parity\.json)$", str(exc))
-    if not match:
-        return
-    try:
-        raw = json.loads(open(match.group(1), encoding="utf-8").read())
-    except (OSError, ValueError):
-        return
-    from .parity import ParityEntry, ParityReport
-
-    raw.pop("passed", None)
-    raw["entries"] = [ParityEntry(**e) for e in raw["entries"]]
-    click.echo(ParityReport(**raw).table())

@@ -19,7 +19,7 @@ import numpy as np
 from runtime.atomic import atomic_write
 from runtime.batching import predict_in_batches
 from runtime.contract import KEY_VARIANT
-from runtime.errors import DataError, ModelError
+from runtime.errors import DataError, ModelError, ThresholdError
 from runtime.session import create_session
 
 BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
@@ -36,7 +36,7 @@ class Thresholds:
 
     min_agreement: float | None = None  # fraction of inputs with the same top-1 class
     max_abs_diff: float | None = None  # largest |p_ref - p_cand| over all inputs and classes
-    max_accuracy_drop: float | None = None  # percentage points, reference minus candidate
+    max_accuracy_drop: float | None = None  # percentage points the candidate may fall: fails if Δ acc < -this
 
     def override(self, **given) -> "Thresholds":
         return replace(self, **{k: v for k, v in given.items() if v is not None})
@@ -155,7 +155,7 @@ class ParityEntry:
     top1_agreement: float
     reference_accuracy: float | None  # percent, None without labels
     candidate_accuracy: float | None
-    accuracy_drop_points: float | None
+    accuracy_delta_points: float | None  # candidate minus reference: a fall is negative
     thresholds: dict
     passed: bool
     failures: list[str] = field(default_factory=list)
@@ -176,15 +176,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     ref_top1, cand_top1 = reference.argmax(1), candidate.argmax(1)
     agreement = float(np.mean(ref_top1 == cand_top1))
-    ref_acc = cand_acc = drop = None
+    ref_acc = cand_acc = delta = None
     if labels is not None:
         ref_acc = float(np.mean(ref_top1 == labels) * 100)
         cand_acc = float(np.mean(cand_top1 == labels) * 100)
-        drop = ref_acc - cand_acc
+        delta = cand_acc - ref_acc
     entry = ParityEntry(variant=variant, file=file, data=data, n=len(reference),
                         max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
                         top1_agreement=agreement, reference_accuracy=ref_acc,
-                        candidate_accuracy=cand_acc, accuracy_drop_points=drop,
+                        candidate_accuracy=cand_acc, accuracy_delta_points=delta,
                         thresholds=asdict(thresholds), passed=True)
     entry.failures = _violations(entry, thresholds)
     entry.passed = not entry.failures
@@ -198,10 +198,10 @@ def _violations(entry: ParityEntry, t: Thresholds) -> list[str]:
     if t.max_abs_diff is not None and entry.max_abs_diff > t.max_abs_diff:
         failures.append(f"max abs diff {entry.max_abs_diff:.3g} > {t.max_abs_diff:.3g}")
     if t.max_accuracy_drop is not None:
-        if entry.accuracy_drop_points is None:
+        if entry.accuracy_delta_points is None:
             pass  # no labels: cannot gate accuracy, the table says "n/a"
-        elif entry.accuracy_drop_points > t.max_accuracy_drop:
-            failures.append(f"accuracy drop {entry.accuracy_drop_points:.2f} points > {t.max_accuracy_drop:g}")
+        elif entry.accuracy_delta_points < -t.max_accuracy_drop:
+            failures.append(f"Δ acc {format_delta(entry.accuracy_delta_points)} < -{t.max_accuracy_drop:g} pt")
     return failures
 
 
@@ -242,19 +242,47 @@ class ParityReport:
         return format_table(self)
 
 
+class ParityFailed(ThresholdError):
+    """A parity report with a failed gate. The report (and the file it was written to, if any)
+    travel with the error, so a caller shows or reads them without parsing the message."""
+
+    def __init__(self, report: ParityReport, report_path: Path | None = None, *, files_written: bool = False):
+        self.report, self.report_path = report, report_path
+        message = f"parity check failed: {'; '.join(report.failures)}"
+        if files_written:
+            message += ". The .onnx files were written but did not pass"
+        if report_path is not None:
+            message += f"; see {report_path}"
+        super().__init__(message)
+
+
+def raise_if_failed(report: ParityReport, report_path: Path | None = None, *, files_written: bool = False) -> None:
+    """The one place a failed verdict becomes an error: ParityFailed, exit code 4 at the CLIs.
+
+    ``export_model`` and ``check_parity`` return their report whatever the verdict; a caller
+    that must stop on a failure (a CLI, a release script) calls this.
+    """
+    if not report.passed:
+        raise ParityFailed(report, report_path, files_written=files_written)
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
 
+def format_delta(points: float | None) -> str:
+    """A signed accuracy difference, candidate minus reference: ``-0.50 pt`` is a fall."""
+    return "n/a" if points is None else f"{points:+.2f} pt"
+
+
 def format_table(report: ParityReport) -> str:
-    header = ("variant", "file", "size", "max|dp|", "mean|dp|", "top-1 agree", "ref acc", "acc", "drop", "result")
+    header = ("variant", "file", "size", "max|dp|", "mean|dp|", "top-1 agree", "ref acc", "acc", "Δ acc", "result")
     rows = [header]
     for e in report.entries:
         size = "" if e.file_size_bytes is None else f"{e.file_size_bytes / 1024:.0f} KiB"
-        drop = "n/a" if e.accuracy_drop_points is None else f"{e.accuracy_drop_points:+.2f} pt"
         rows.append((e.variant, Path(e.file).name, size, f"{e.max_abs_diff:.2e}", f"{e.mean_abs_diff:.2e}",
                      f"{e.top1_agreement:.2%}", _pct(e.reference_accuracy), _pct(e.candidate_accuracy),
-                     drop, "PASS" if e.passed else "FAIL"))
+                     format_delta(e.accuracy_delta_points), "PASS" if e.passed else "FAIL"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = [f"reference: {report.reference}", f"data: {report.data}"]
     for i, row in enumerate(rows):

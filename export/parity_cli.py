@@ -38,9 +38,8 @@ def main(reference, candidates, data, min_agreement, max_abs_diff, max_drop, jso
     """
 
     def body():
-        from runtime.errors import ThresholdError
-
         from . import Thresholds, check_parity
+        from .parity import raise_if_failed
 
         report = check_parity(reference, list(candidates), data=data, test_limit=test_limit, quiet=quiet,
                               thresholds=Thresholds(min_agreement, max_abs_diff, max_drop))
@@ -48,8 +47,7 @@ def main(reference, candidates, data, min_agreement, max_abs_diff, max_drop, jso
         if json_out:
             report.write(json_out)
             click.echo(f"wrote {json_out}")
-        if not report.passed:
-            raise ThresholdError(f"parity check failed: {'; '.join(report.failures)}")
+        raise_if_failed(report)
         return 0
 
     run_cli(PROG, body, show_traceback)

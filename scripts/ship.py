@@ -134,7 +134,7 @@ def update_readme(markdown: str) -> None:
 @click.option("--no-bundle", is_flag=True, help="Stop after the reports; do not touch runtime/assets or README.")
 def main(data, run_dir, skip_train, no_bundle):
     """Train, evaluate, export, check and bundle the default model."""
-    from export import ExportConfig, export_model
+    from export import ExportConfig, export_model, raise_if_failed
     from train import evaluate
 
     run = Path(run_dir)
@@ -148,6 +148,7 @@ def main(data, run_dir, skip_train, no_bundle):
     shutil.copy2(run / "model.keras", export_dir / "model.keras")
     result = export_model(export_dir / "model.keras", ExportConfig(int8=True, fp16=True), data=data)
     click.echo(result.report.table(), err=True)
+    raise_if_failed(result.report, result.report_path, files_written=True)  # never bundle a failing model
 
     step("evaluate every variant on the test split")
     evals = {}
