@@ -113,6 +113,7 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     if config.int8:
         int8 = timed("quantize_int8", quantize_int8, fp32_proto, calib, config.int8_config, held_out)
         variants.append(("int8", int8.model_proto, {**int8.recipe, "trials": int8.trials}))
+        report.notes += int8.notes
     if config.fp16:
         fp16_proto, recipe = timed("convert_fp16", convert_fp16, fp32_proto)
         variants.append(("fp16", fp16_proto, recipe))

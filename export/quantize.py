@@ -24,8 +24,11 @@ CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a tim
 class Int8Config:
     calib_images: int = 1024  # training images; 1k-2k is where MinMax ranges stop moving
     method: str = "minmax"  # "minmax" | "percentile" | "entropy"
-    aim_drop_points: float = 0.3  # keep layers in float until the drop on held-out images is below this
+    aim_drop_points: float = 0.3  # keep layers in float until held-out accuracy falls by less than this
     max_float_layers: int = 3  # ... but never more than this many besides the Softmax
+    # Held-out images (never calibration images) that judge the float-layer search. Below 500 one
+    # image is worth more than 0.2 pt, too coarse for the 0.3-pt aim: the search is skipped, and said so.
+    min_held_out: int = 500
     seed: int = 0  # which training images calibrate
 
 
@@ -34,6 +37,7 @@ class Int8Result:
     model_proto: object
     recipe: dict  # goes into provenance.quantization
     trials: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the parity report: what was not checked, and why
 
 
 # --- calibration data ---------------------------------------------------------------------
@@ -41,19 +45,54 @@ class Int8Result:
 def calibration_from_cifar(data: str | os.PathLike, n: int, seed: int = 0, n_select: int = 2000):
     """(calibration batch, held-out (batch, labels) for choosing float layers) from the train split.
 
-    train.data decodes through runtime.preprocess.load_image and keeps only 32x32 images, for
-    which prepare() is the identity: x.astype(float32) equals runtime.preprocess.to_batch.
+    The two never share an image index (``split_calibration``); the held-out pair is empty when
+    calibration takes the whole split. train.data decodes through runtime.preprocess.load_image
+    and keeps only 32x32 images, for which prepare() is the identity: x.astype(float32) equals
+    runtime.preprocess.to_batch.
     """
     from train.data import load_cifar10
 
     cifar = load_cifar10(data, splits=("train",))
     if len(cifar.x_train) == 0:
         raise DataError(f"{data}: calibration data missing (the train split is empty)")
-    order = np.random.default_rng(seed).permutation(len(cifar.x_train))
-    calib = order[:n]
-    select = order[n:n + n_select]
-    held_out = (cifar.x_train[select].astype(np.float32), cifar.y_train[select]) if len(select) else None
+    calib, select = split_calibration(len(cifar.x_train), n, n_select, seed)
+    held_out = (cifar.x_train[select].astype(np.float32), cifar.y_train[select])
     return cifar.x_train[calib].astype(np.float32), held_out
+
+
+def split_calibration(n_images: int, n_calib: int, n_held_out: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration indices, held-out indices): one shuffled order cut once, so none is in both.
+    Calibration gets its ``n_calib`` first; held-out what follows, up to ``n_held_out``, maybe none."""
+    order = np.random.default_rng(seed).permutation(n_images)
+    return order[:n_calib], order[n_calib:n_calib + n_held_out]
+
+
+def held_out_apart(calib: np.ndarray, held_out: tuple[np.ndarray, np.ndarray] | None,
+                   min_images: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[str]]:
+    """The labelled images fit to judge INT8 trials, or None; and notes saying what was not checked.
+
+    Held-out images identical to a calibration image are left out (a duplicate in the data, or a
+    caller's overlapping arrays), so quantization is never judged on what it was calibrated on.
+    Fewer than ``min_images`` left: None, and a note saying how to get more.
+    """
+    if held_out is None:
+        return None, ["INT8: the calibration images have no labels, so no held-out check chose float "
+                      "layers (only the Softmax stays float)"]
+    x, y = held_out
+    calibrated = {hash(image.tobytes()) for image in calib}
+    apart = np.array([hash(image.tobytes()) not in calibrated for image in x], dtype=bool)
+    notes = []
+    if not apart.all():
+        notes.append(f"INT8: {int((~apart).sum())} held-out images are identical to calibration images "
+                     "and were left out of the held-out check")
+    x, y = x[apart], y[apart]
+    if len(x) < min_images:
+        fewer = len(calib) + len(x) - min_images
+        fix = f"pass --calib-images {fewer} or fewer" if fewer >= 1 else "use a larger train split"
+        notes.append(f"INT8: only {len(x)} training images are left apart from the {len(calib)} that "
+                     f"calibrate; the float-layer search needs {min_images} and was skipped ({fix})")
+        return None, notes
+    return (x, y), notes
 
 
 def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0) -> np.ndarray:
@@ -139,9 +178,10 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
     """Static INT8: pre-process (symbolic shapes, fusions), calibrate, QDQ per-channel.
 
     The final Softmax always stays float (its input range is wide, its output in [0, 1]: a
-    uint8 scale loses the small probabilities). With ``held_out`` labelled images, layers are
-    kept in float one at a time, worst SQNR first, until the accuracy drop is below
-    ``config.aim_drop_points``.
+    uint8 scale loses the small probabilities). With enough ``held_out`` labelled images apart
+    from ``calib`` (``held_out_apart``), layers are kept in float one at a time, worst SQNR first,
+    until held-out accuracy falls by less than ``config.aim_drop_points``. Deltas are INT8 minus
+    FP32, so a fall is negative.
     """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -150,6 +190,7 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
 
     if len(calib) == 0:
         raise DataError("calibration data missing: no calibration images")
+    held_out, notes = held_out_apart(calib, held_out, config.min_held_out)
     with tempfile.TemporaryDirectory(prefix="cifar-edge-int8-") as tmp:
         tmp = Path(tmp)
         float_path, pre_path, out_path = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / "int8.onnx"
@@ -172,31 +213,32 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
         ranked: list[tuple[str, float]] = []
         if held_out is not None:
             base = accuracy(fp32_proto)
-            drop = base - accuracy(proto)
-            trials.append({"float_layers": list(exclude), "held_out_drop_points": round(drop, 3)})
-            if drop > config.aim_drop_points:
+            delta = accuracy(proto) - base
+            trials.append({"float_layers": list(exclude), "held_out_delta_points": round(delta, 3)})
+            if delta < -config.aim_drop_points:
                 ranked = rank_layers_by_error(pre_path, out_path, held_out[0])
                 candidates = [name for name, _ in ranked if name not in exclude][:config.max_float_layers]
                 for name in candidates:
                     exclude.append(name)
                     trial = _quantize_once(pre_path, out_path, calib, config.method, exclude)
-                    trial_drop = base - accuracy(trial)
-                    trials.append({"float_layers": list(exclude), "held_out_drop_points": round(trial_drop, 3)})
-                    if trial_drop < drop:
-                        proto, drop = trial, trial_drop
+                    trial_delta = accuracy(trial) - base
+                    trials.append({"float_layers": list(exclude), "held_out_delta_points": round(trial_delta, 3)})
+                    if trial_delta > delta:
+                        proto, delta = trial, trial_delta
                     else:
                         exclude.remove(name)  # keeping it float did not help: quantize it again
-                    if drop <= config.aim_drop_points:
+                    if delta >= -config.aim_drop_points:
                         break
     recipe = {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ", "per_channel": True, "activations": "QUInt8", "weights": "QInt8",
         "calibration_method": config.method, "calibration_images": int(len(calib)),
+        "held_out_images": 0 if held_out is None else int(len(held_out[0])),  # none shared with calibration
         "preprocess": "quant_pre_process (symbolic shape inference, ORT fusions)",
         "float_layers": exclude,
         "worst_layers_sqnr_db": [[n, round(s, 2)] for n, s in ranked[:5]],
     }
-    return Int8Result(proto, recipe, trials)
+    return Int8Result(proto, recipe, trials, notes)
 
 
 # --- FP16 ---------------------------------------------------------------------------------
