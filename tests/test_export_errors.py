@@ -153,3 +153,26 @@ def test_failed_report_write_leaves_no_partial_json(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="I/O error"):
         ParityReport(reference="r", reference_sha256=None, data="d", created="t").write(tmp_path / "r.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_twice_replaces_every_output_without_complaint(tiny_keras, small_data, tmp_path):
+    """The quick start's second run: the same command again succeeds and renames new files into place."""
+    import shutil
+
+    model = tmp_path / "quickstart" / "model.keras"
+    model.parent.mkdir()
+    shutil.copy2(tiny_keras, model)
+    outputs = ["model-fp16.onnx", "model-int8.onnx", "model.onnx", "model.parity.json"]
+    args = [model, "--data", small_data, "--int8", "--fp16", "--calib-images", "20", "--max-int8-drop", "100"]
+
+    first = run_export(*args)
+    assert first.exit_code == 0, first.output
+    inodes = {name: (model.parent / name).stat().st_ino for name in outputs}
+    second = run_export(*args)
+    assert second.exit_code == 0, second.output
+    assert "error" not in second.output and "already" not in second.output
+    assert [line for line in second.output.splitlines() if line.startswith("wrote ")] == [
+        line for line in first.output.splitlines() if line.startswith("wrote ")]
+    assert sorted(p.name for p in model.parent.iterdir()) == sorted([*outputs, "model.keras"])  # no temp files
+    for name in outputs:  # each replaced by a rename (a new inode), never rewritten in place
+        assert (model.parent / name).stat().st_ino != inodes[name], name
