@@ -8,11 +8,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .classifier import Prediction
+from .classifier import UNCERTAIN, Prediction
 
 MIN_SIDE = 256  # px: CIFAR images are 32x32; upscale small ones so the label is readable
 TILE = 128  # px: contact-sheet thumbnail size
-UNCERTAIN = "uncertain"
 
 
 @lru_cache(maxsize=8)

@@ -24,6 +24,7 @@ from .providers import short_name
 from .session import create_session, model_metadata
 
 DISPLAY_SIZE = (1024, 1024)  # px: decode size of images kept for annotation (JPEG draft)
+UNCERTAIN = "uncertain"  # shown instead of the label when the top probability is too low
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class Prediction:
     @property
     def confidence(self) -> float:
         return self.top_k[0][1]
+
+    def shown_label(self, min_confidence: float = 0.0) -> str:
+        """The top label, or UNCERTAIN when its probability is below ``min_confidence``."""
+        return self.label if self.confidence >= min_confidence else UNCERTAIN
 
     def to_dict(self) -> dict:
         return {"label": self.label, "confidence": round(self.confidence, 6),

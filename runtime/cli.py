@@ -75,9 +75,7 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
         pred = result.prediction
         if not result.ok:
             failed += 1
-        label = None
-        if pred is not None:
-            label = pred.label if pred.confidence >= min_confidence else "uncertain"
+        label = pred.shown_label(min_confidence) if pred is not None else None
         if fmt == "json":
             row = {"file": result.source, **(pred.to_dict() if pred else {}), "error": result.error}
             if pred is not None:

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 
+from .classifier import UNCERTAIN
 from .errors import SourceError
 
 if TYPE_CHECKING:
     from .classifier import Classifier, Prediction
 
-UNCERTAIN = "uncertain"
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 
 
@@ -178,7 +178,7 @@ class FrameResult:
     index: int  # 0-based count of classified frames
     frame_bgr: np.ndarray  # the frame as read, (H, W, 3) uint8 BGR
     prediction: "Prediction"  # smoothed over recent frames when smoothing is on
-    label: str  # the top label, or "uncertain" below the confidence threshold
+    label: str  # the top label, or UNCERTAIN below the confidence threshold
     box: tuple[int, int, int, int] | None  # classified region (x0, y0, x1, y1); None = full frame
     infer_ms: float  # preprocessing + onnxruntime for this frame
     fps: float  # frames per second through the loop, smoothed
@@ -248,13 +248,13 @@ def classify_stream(source: FrameSource, classifier: "Classifier", *, full_frame
         infer_ms = (time.perf_counter() - t0) * 1000.0
         if smooth > 1:
             history.append(prediction.probabilities)
-            prediction = classifier.top_from(np.mean(history, axis=0), infer_ms)
+            prediction = classifier.top_from(np.mean(history, axis=0), prediction.infer_ms)
         now = time.monotonic()
         if index:
             instant = 1.0 / max(now - last, 1e-6)
             fps = instant if fps == 0.0 else 0.9 * fps + 0.1 * instant
         last = now
-        label = prediction.label if prediction.confidence >= min_confidence else UNCERTAIN
+        label = prediction.shown_label(min_confidence)
         yield FrameResult(index, frame_bgr, prediction, label, box, infer_ms, fps)
         index += 1
 

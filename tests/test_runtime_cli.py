@@ -193,3 +193,15 @@ def test_console_script_runs(tiny_model, images):
     proc = subprocess.run([str(exe), str(images / "red.png"), "--model", str(tiny_model)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "airplane" in proc.stdout
+
+
+def test_uncertain_is_one_word_for_table_caption_and_frames():
+    import numpy as np
+
+    from runtime.annotate import caption
+    from runtime.classifier import UNCERTAIN, Prediction
+
+    pred = Prediction((("cat", 0.4), ("dog", 0.3)), np.zeros(10, np.float32))
+    assert (pred.shown_label(0.5), pred.shown_label(0.4)) == (UNCERTAIN, "cat")
+    assert caption(pred, min_confidence=0.5) == f"{UNCERTAIN} (cat 40%)"
+    assert UNCERTAIN == "uncertain"  # the word users see and scripts match on (README)

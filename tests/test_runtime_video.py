@@ -277,3 +277,12 @@ def test_signal_stops_cleanly_and_leaves_a_playable_video(tiny_model, tmp_path, 
     n = count_frames(out)
     assert 5 <= n < 300
     assert not list(tmp_path.glob(".out.mp4*"))  # the temp file was renamed into place
+
+
+def test_smoothed_prediction_keeps_onnxruntime_time(clf):
+    """FrameResult.infer_ms is preprocessing + onnxruntime; the prediction's own infer_ms
+    stays onnxruntime time alone, smoothed or not."""
+    frames = [frame(RED_BGR, 640, 480)] * 3
+    for smooth in (1, 3):
+        for r in video.classify_stream(FakeSource(frames), clf, smooth=smooth):
+            assert 0 < r.prediction.infer_ms < r.infer_ms
