@@ -1,6 +1,8 @@
 """cifar-run: classify images, directories, globs or a live camera with a cifar-edge model.
 
-Images:  cifar-run photos/ cat.jpg 'shots/*.png' [--json|--csv] [--save DIR] [--grid FILE.png]
+\b
+Images:  cifar-run photos/ cat.jpg 'shots/*.png' [--json|--csv]
+                   [--save DIR] [--grid FILE.png]
 Camera:  cifar-run --camera 0 [--headless] [--save out.mp4] [--max-frames N]
 
 With no --model the model bundled in the package is used; with no SOURCES the sample images
@@ -35,9 +37,7 @@ def _load_classifier(model: str | None, provider: str, threads: int, top_k: int)
     from .classifier import Classifier
 
     path = Path(model) if model else bundled.default_model()
-    clf = Classifier(path, provider=provider, threads=threads, top_k=top_k)
-    _note(clf.describe())
-    return clf
+    return Classifier(path, provider=provider, threads=threads, top_k=top_k)
 
 
 def _unique_path(directory: Path, name: str, used: set[str]) -> Path:
@@ -131,6 +131,7 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
     source = saver = window = None
     try:
         source = video.open_source(spec)
+        _note(clf.describe())  # after the source opened: a failure to open stays one line
         if save is not None:
             saver = video.VideoSaver(save, fps=getattr(source, "fps", None) or 30.0)
         window = None if headless else video.Window.try_open(f"{PROG} {spec}")
@@ -240,13 +241,12 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
         save_dir = Path(save) if save else None
         if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
             raise SourceError(f"--save {save_dir}: exists and is not a directory")
+        paths = list(expand_sources(sources)) if sources else [str(p) for p in bundled.sample_images()]
+        if not paths:
+            raise SourceError("no input paths (stdin was empty)")
         clf = _load_classifier(model, provider, threads, top_k)
-        if sources:
-            paths = list(expand_sources(sources))
-            if not paths:
-                raise SourceError("no input paths (stdin was empty)")
-        else:
-            paths = [str(p) for p in bundled.sample_images()]
+        _note(clf.describe())  # after every check, so that an error stays one line
+        if not sources:
             _note(f"no SOURCES given: classifying the {len(paths)} sample images bundled with "
                   "the package")
         return classify_images(clf, paths, fmt=fmt, save_dir=save_dir,

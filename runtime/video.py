@@ -14,6 +14,7 @@ Pieces, each usable alone (a picamera2 source or an MJPEG live view plugs in the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -45,6 +46,22 @@ def _cv2():
     return cv2
 
 
+@contextlib.contextmanager
+def _opencv_log_silenced(cv2) -> Iterator[None]:
+    """Keep OpenCV's own log lines ("[ WARN:0@0.01] global cap_v4l.cpp ... can't open camera
+    by index") off stderr while a capture opens: a failure is reported once, as a SourceError."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in some older builds
+    if log is None:
+        yield
+        return
+    previous = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(previous)
+
+
 class FrameSource(Protocol):
     name: str
     live: bool  # True: a camera or stream (frames can be dropped, may reconnect)
@@ -73,17 +90,16 @@ class OpenCVSource:
     def open(self) -> None:
         cv2 = _cv2()
         spec = self.spec
-        if "!" in spec:
-            if "GStreamer:                   YES" not in cv2.getBuildInformation():
-                raise SourceError(f"{spec!r} looks like a GStreamer pipeline, but this OpenCV "
-                                  "build has no GStreamer support")
-            cap = cv2.VideoCapture(spec, cv2.CAP_GSTREAMER)
-        elif spec.isdigit():
-            cap = cv2.VideoCapture(int(spec))
-        else:
-            if not self.live and not Path(spec).is_file():
-                raise SourceError(f"cannot open video source {spec!r}: no such file")
-            cap = cv2.VideoCapture(spec)
+        if "!" in spec and "GStreamer:                   YES" not in cv2.getBuildInformation():
+            raise SourceError(f"{spec!r} looks like a GStreamer pipeline, but this OpenCV "
+                              "build has no GStreamer support")
+        if not self.live and not Path(spec).is_file():
+            raise SourceError(f"cannot open video source {spec!r}: no such file")
+        with _opencv_log_silenced(cv2):
+            if "!" in spec:
+                cap = cv2.VideoCapture(spec, cv2.CAP_GSTREAMER)
+            else:
+                cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
         if not cap.isOpened():
             cap.release()
             kind = "camera" if spec.isdigit() or spec.startswith("/dev/") else "video source"

@@ -195,6 +195,13 @@ def test_console_script_runs(tiny_model, images):
     assert proc.returncode == 0 and "airplane" in proc.stdout
 
 
+def test_help_keeps_each_example_on_its_own_lines():
+    lines = [line.strip() for line in run("--help").output.splitlines()]
+    images = lines.index("Images:  cifar-run photos/ cat.jpg 'shots/*.png' [--json|--csv]")
+    assert lines[images + 1] == "[--save DIR] [--grid FILE.png]"
+    assert lines[images + 2] == "Camera:  cifar-run --camera 0 [--headless] [--save out.mp4] [--max-frames N]"
+
+
 def test_uncertain_is_one_word_for_table_caption_and_frames():
     import numpy as np
 
@@ -205,3 +212,13 @@ def test_uncertain_is_one_word_for_table_caption_and_frames():
     assert (pred.shown_label(0.5), pred.shown_label(0.4)) == (UNCERTAIN, "cat")
     assert caption(pred, min_confidence=0.5) == f"{UNCERTAIN} (cat 40%)"
     assert UNCERTAIN == "uncertain"  # the word users see and scripts match on (README)
+
+
+def test_errors_before_classifying_are_one_line(tiny_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run(tmp_path / "empty", "--model", tiny_model)
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        f"cifar-run: error: {tmp_path / 'empty'}: directory contains no images "
+        "(.jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp, .ppm, .pgm, .pbm)"]
+    r = run("-", "--model", tiny_model, input="")
+    assert r.exit_code == 1 and r.stderr == "cifar-run: error: no input paths (stdin was empty)\n"

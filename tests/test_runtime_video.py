@@ -279,6 +279,33 @@ def test_signal_stops_cleanly_and_leaves_a_playable_video(tiny_model, tmp_path, 
     assert not list(tmp_path.glob(".out.mp4*"))  # the temp file was renamed into place
 
 
+def test_missing_camera_is_one_line_without_opencv_warnings(tiny_model):
+    """OpenCV prints "[ WARN:0@0.01] ... can't open camera by index" from C++ straight to
+    stderr; it must stay off it, since the one SourceError line already says so."""
+    if Path("/dev/video9").exists():
+        pytest.skip("this machine has a /dev/video9")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from runtime.cli import main; main()", "--camera", "9",
+         "--model", str(tiny_model), "--headless"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("cifar-run: error: cannot open camera '9'"), proc.stderr
+    assert "[ WARN" not in proc.stderr and proc.stdout == ""
+
+
+def test_opening_restores_opencv_log_level():
+    log = cv2.utils.logging
+    before = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_WARNING)
+    try:
+        with pytest.raises(SourceError, match="cannot open camera '9'"):
+            video.OpenCVSource("9")
+        assert log.getLogLevel() == log.LOG_LEVEL_WARNING
+    finally:
+        log.setLogLevel(before)
+
+
 def test_smoothed_prediction_keeps_onnxruntime_time(clf):
     """FrameResult.infer_ms is preprocessing + onnxruntime; the prediction's own infer_ms
     stays onnxruntime time alone, smoothed or not."""
