@@ -102,7 +102,7 @@ def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0) ->
         raise DataError(f"{folder}: calibration data missing (no such directory)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"{folder}: calibration data missing (no .jpg/.png images inside)")
+        raise DataError(f"{folder}: calibration data missing (no images inside: {', '.join(IMAGE_SUFFIXES)})")
     pick = np.random.default_rng(seed).permutation(len(files))[:n]
     return to_batch([prepare(files[i]) for i in sorted(pick)])  # (n, 32, 32, 3) float32 raw
 

@@ -33,7 +33,8 @@ def _weights(path):
 
 
 def test_fit_writes_the_run_folder(folder_dataset, tmp_path):
-    from train.fit import fit, read_history
+    from train.fit import fit
+    from train.runfolder import read_history
 
     run = tmp_path / "run"
     result = fit(_config(epochs=2), out=run, data=folder_dataset, quiet=True, log=lambda s: None)
@@ -52,42 +53,35 @@ def test_fit_writes_the_run_folder(folder_dataset, tmp_path):
         fit(_config(epochs=2), out=run, data=folder_dataset, quiet=True, log=lambda s: None)
 
 
-def test_interrupted_run_resumes_and_finishes(folder_dataset, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_and_finishes(folder_dataset, tmp_path):
+    import keras
+
     import train.fit as fit_mod
+    from train.runfolder import read_history
 
     run = tmp_path / "run"
-    real_progress = fit_mod._Progress
-    calls = {"n": 0}
+    stop = fit_mod.StopRequest()
 
-    class StopInSecondEpoch(real_progress):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            inner = self.callback.on_train_batch_end
+    class StopInSecondEpoch(keras.callbacks.Callback):
+        calls = 0
 
-            def on_batch_end(batch, logs=None):
-                calls["n"] += 1
-                if calls["n"] == 5:  # epoch 2 (4 steps per epoch), its first step
-                    fit_mod._STOP.set()
-                inner(batch, logs)
+        def on_train_batch_end(self, batch, logs=None):
+            StopInSecondEpoch.calls += 1
+            if StopInSecondEpoch.calls == 5:  # epoch 2 (4 steps per epoch), its first step
+                stop.set()
 
-            self.callback.on_train_batch_end = on_batch_end
-
-    monkeypatch.setattr(fit_mod, "_Progress", StopInSecondEpoch)
     with pytest.raises(fit_mod.Interrupted, match=r"epoch 2 at step 1/4.*--resume"):
-        fit_mod.fit(_config(epochs=3), out=run, data=folder_dataset, quiet=True, log=lambda s: None)
+        fit_mod.fit(_config(epochs=3), out=run, data=folder_dataset, quiet=True, log=lambda s: None,
+                    stop=stop, callbacks=[StopInSecondEpoch()])
     state = json.loads((run / "state.json").read_text())
     assert state == {**state, "epoch": 1, "step": 1, "finished": False}
-    assert len(fit_mod.read_history(run)) == 1
+    assert len(read_history(run)) == 1
 
-    monkeypatch.setattr(fit_mod, "_Progress", real_progress)
     fit_mod.fit(_config(), out=run, resume=True, quiet=True, log=lambda s: None)
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 3 and state["finished"]
-    assert [r["epoch"] for r in fit_mod.read_history(run)] == [1, 2, 3]
+    assert [r["epoch"] for r in read_history(run)] == [1, 2, 3]
     # The schedule continued where it stopped: the optimizer made exactly 3 epochs of steps.
-    import keras
-
-    fit_mod._register_schedule()
     last = keras.saving.load_model(run / "last.keras", safe_mode=True)
     assert int(last.optimizer.iterations.numpy()) == 3 * 4
     with pytest.raises(Exception, match="already finished"):
@@ -203,6 +197,11 @@ def test_unknown_precision_is_refused():
     from train.models import resolve_precision
 
     assert resolve_precision("float32") == "float32"
+    assert resolve_precision("auto", flags={"avx2", "avx512_bf16"}) == "mixed_bfloat16"
+    assert resolve_precision("auto", flags={"avx2", "amx_bf16"}) == "mixed_bfloat16"
+    assert resolve_precision("auto", flags={"avx2", "fma"}) == "float32"
     assert resolve_precision("auto") in {"float32", "mixed_bfloat16"}
-    with pytest.raises(CifarEdgeError, match="unknown precision 'half'"):
-        resolve_precision("half")
+    # Refused whatever the CPU has: the check must not depend on this machine's flags.
+    for flags in (set(), {"avx512_bf16"}):
+        with pytest.raises(CifarEdgeError, match="unknown precision 'half'"):
+            resolve_precision("half", flags=flags)

@@ -1,0 +1,211 @@
+"""The training run as a user meets it: the recipe's schedule and optimizer, defaults that fit
+small data, re-running a command, and errors that come in the right order and say the fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tensorflow")
+
+FAST = dict(model="tiny", batch_size=16, val_images=10, seed=3, epochs=1)
+
+
+def _fit(config_kw, run, data, **kw):
+    from train.config import TrainConfig
+    from train.fit import fit
+
+    lines = []
+    result = fit(TrainConfig(**{**FAST, **config_kw}), out=run, data=data, quiet=True, log=lines.append, **kw)
+    return result, lines
+
+
+# -- the schedule and the optimizer, registered once at module level -------------------------
+
+def test_one_cycle_values_at_its_key_steps():
+    from train.optim import OneCycle
+
+    schedule = OneCycle(peak=2.0, total_steps=100, warmup_steps=20, final=0.1, start=0.2)
+    at = {step: float(schedule(step)) for step in (0, 10, 20, 60, 100, 150)}
+    assert at[0] == pytest.approx(0.4)  # start · peak
+    assert at[10] == pytest.approx(1.2)  # halfway up the warm-up
+    assert at[20] == pytest.approx(2.0)  # the peak
+    assert at[60] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))  # halfway down the decay
+    assert at[100] == pytest.approx(0.2) and at[150] == pytest.approx(0.2)  # final · peak, then flat
+    assert OneCycle(**schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_batchnorm_biases_get_the_scaled_learning_rate():
+    import keras
+
+    from train.optim import BiasScaledSGD
+
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, use_bias=False, name="dense")(inputs)
+    outputs = keras.layers.BatchNormalization(scale=False, name="bn")(x)
+    model = keras.Model(inputs, outputs)
+    optimizer = BiasScaledSGD(learning_rate=0.1, momentum=0.0, bias_lr_scale=64.0)
+    kernel, beta = model.get_layer("dense").kernel, model.get_layer("bn").beta
+    before = [np.array(kernel.numpy()), np.array(beta.numpy())]
+    optimizer.apply_gradients([(np.ones(kernel.shape, np.float32), kernel), (np.ones(beta.shape, np.float32), beta)])
+    assert np.allclose(before[0] - kernel.numpy(), 0.1)  # the plain rate
+    assert np.allclose(before[1] - beta.numpy(), 0.1 * 64)  # BatchNorm's beta: 64 times it
+
+
+def test_models_does_not_import_fit():
+    code = ("import sys, train.models; "
+            "print(sorted(m for m in ('train.fit', 'tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- defaults that work on small data --------------------------------------------------------
+
+def test_held_out_images_scale_with_the_data():
+    from train.fit import auto_val_images
+
+    assert auto_val_images(50_000) == 2000  # capped
+    assert auto_val_images(2_000) == 200  # 10%
+    assert auto_val_images(5) == 1  # never none
+
+
+def test_small_data_trains_with_default_options(folder_dataset, tmp_path):
+    # 60 training images: 6 held out, the 1024 batch shrinks to the 54 left, one step an epoch.
+    result, lines = _fit({"val_images": None, "batch_size": 1024}, tmp_path / "run", folder_dataset)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["validation_images"] == 6 and config["train_images"] == 54
+    assert config["config"]["batch_size"] == 54
+    assert any(line.startswith("batch size 1,024 is more than the 54 training images") for line in lines)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and "only 1 step per epoch" in warnings[0] and "--batch-size" in warnings[0]
+    summary = [line for line in lines if line.startswith("tiny:")][0]
+    assert "1 epoch of 1 step;" in summary and "steps" not in summary
+    assert result.epochs_done == 1
+
+
+def test_enough_steps_no_warning(folder_dataset, tmp_path):
+    _, lines = _fit({"batch_size": 5}, tmp_path / "run", folder_dataset)  # 50 images: 10 steps
+    assert not [line for line in lines if line.startswith("warning:")]
+    assert "1 epoch of 10 steps;" in [line for line in lines if line.startswith("tiny:")][0]
+
+
+# -- running twice ----------------------------------------------------------------------------
+
+def test_overwrite_trains_again_and_messages_say_what_to_type(folder_dataset, tmp_path):
+    from runtime.errors import CifarEdgeError
+    from train.fit import fit
+    from train.config import TrainConfig
+
+    run = tmp_path / "run"
+    _fit({}, run, folder_dataset)
+    first = (run / "model.keras").stat().st_mtime_ns
+    with pytest.raises(CifarEdgeError, match=r"finished all 1 epochs.*Add --overwrite"):
+        _fit({}, run, folder_dataset)
+    with pytest.raises(CifarEdgeError, match=r"already finished all 1 epochs.*cifar-export .*model.keras.*--overwrite"):
+        fit(TrainConfig(), out=run, resume=True, quiet=True, log=lambda s: None)
+    (run / "stray.txt").write_text("kept")
+    _fit({"seed": 4}, run, folder_dataset, overwrite=True)
+    assert (run / "model.keras").stat().st_mtime_ns != first
+    assert json.loads((run / "config.json").read_text())["config"]["seed"] == 4
+    assert (run / "stray.txt").read_text() == "kept"  # only the run's own files are replaced
+
+
+# -- the CLI: validated before TensorFlow, nothing created on failure ------------------------
+
+def _cli_in_subprocess(args, cwd):
+    """Run cifar-train's main in a fresh interpreter; report its exit code, stderr and whether
+    TensorFlow got imported."""
+    code = ("import sys\nfrom train.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'tensorflow' in sys.modules)\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_unknown_model_refused_before_tensorflow_creating_nothing(tmp_path):
+    out = _cli_in_subprocess(["--model", "huge"], tmp_path)
+    assert out.stdout.split() == ["exit", "2", "False"]
+    assert "'huge' is not one of 'tiny', 'quick', 'default', 'airbench94'" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_data_reported_before_the_run_folder(folder_dataset, tmp_path):
+    _fit({}, tmp_path / "run", folder_dataset)  # a finished run is in the way too
+    out = _cli_in_subprocess(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], tmp_path)
+    assert out.stdout.split() == ["exit", "1", "False"]
+    assert out.stderr.strip().splitlines() == [
+        f"cifar-train: error: {tmp_path / 'nowhere'}: no such file or directory "
+        "(pass --data DIR with train/ and test/ inside)"]
+
+
+def test_run_already_there_says_what_to_type(folder_dataset, tmp_path):
+    from train.cli import main
+
+    run = tmp_path / "run"
+    _fit({"epochs": 2}, run, folder_dataset)
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 1, "finished": False}))  # as if stopped
+    result = CliRunner().invoke(main, ["--data", str(folder_dataset), "--out", str(run)])
+    assert result.exit_code == 1
+    assert f"use --resume {run} to continue it, --overwrite to train it again" in result.output
+
+
+def test_data_pointed_at_a_split_asks_for_the_folder_above(folder_dataset, tmp_path):
+    from train.cli import main
+
+    result = CliRunner().invoke(main, ["--data", str(folder_dataset / "train"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"cifar-train: error: {folder_dataset / 'train'}: this is the train/ split "
+                                     f"of a dataset; did you mean the folder above? --data {folder_dataset}")
+    assert not (tmp_path / "r").exists()
+
+
+# -- no silence: what decoding does, and bars only on a terminal -----------------------------
+
+def test_first_decode_says_what_it_does_and_where_it_caches(folder_dataset, tmp_path):
+    from train.data import load_cifar10
+
+    lines = []
+    load_cifar10(folder_dataset, cache_dir=tmp_path / "c", quiet=True, log=lines.append)
+    assert lines[0] == (f"decoding the train split once (60 images in {folder_dataset.resolve()}); "
+                        f"cached in {tmp_path / 'c'}")
+    assert lines[1].startswith("decoded 60 train images in ")
+    assert lines[2].startswith("decoding the test split once (20 images")
+    assert lines[3].startswith("decoded 20 test images in ") and len(lines) == 4
+    again = []
+    load_cifar10(folder_dataset, cache_dir=tmp_path / "c", quiet=True, log=again.append)
+    assert again == []  # cached: nothing to say
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+
+    from train.progress import bars_wanted, plural
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file, not a terminal
+    assert bars_wanted(None) is False
+    assert bars_wanted(False) is True and bars_wanted(True) is False
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert bars_wanted(None) is True
+    assert (plural(1, "step"), plural(2, "step"), plural(1200, "image")) == ("1 step", "2 steps", "1,200 images")
+
+
+def test_training_in_a_log_prints_lines_not_frames(folder_dataset, tmp_path):
+    # stderr is a pipe here, as under nohup or CI: one plain line per epoch, no \r frames.
+    out = subprocess.run([sys.executable, "-m", "train.cli", "--data", str(folder_dataset), "--model", "tiny",
+                          "--epochs", "2", "--batch-size", "16", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr
+    assert [line.split()[1] for line in out.stderr.splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]
+    assert "decoding the train split once" in out.stderr
