@@ -40,7 +40,8 @@ PROG = "cifar-export"
               help=f"FP16 maximum absolute probability difference [default: {DEFAULT_THRESHOLDS['fp16'].max_abs_diff:g}].")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Parity on the first N test images only (for quick checks).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress bars (drawn only on a terminal anyway) and no line per stage.")
 @traceback_option
 def main(model, output, opset, int8, fp16, data, calibration, calib_images, calib_method, min_agreement,
          max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, test_limit, quiet, show_traceback):
@@ -57,14 +58,15 @@ def main(model, output, opset, int8, fp16, data, calibration, calib_images, cali
         from . import ExportConfig, Int8Config, export_model
 
         config = ExportConfig(
-            opset=opset, int8=int8, fp16=fp16, test_limit=test_limit, quiet=quiet,
+            opset=opset, int8=int8, fp16=fp16, test_limit=test_limit, quiet=True if quiet else None,
             int8_config=Int8Config(calib_images=calib_images, method=calib_method),
             fp32_thresholds=DEFAULT_THRESHOLDS["fp32"].override(min_agreement=min_agreement,
                                                                 max_abs_diff=max_abs_diff),
             int8_thresholds=DEFAULT_THRESHOLDS["int8"].override(max_accuracy_drop=max_int8_drop),
             fp16_thresholds=DEFAULT_THRESHOLDS["fp16"].override(min_agreement=fp16_min_agreement,
                                                                 max_abs_diff=fp16_max_abs_diff))
-        result = export_model(model, config, output=output, data=data, calibration=calibration)
+        result = export_model(model, config, output=output, data=data, calibration=calibration,
+                              log=None if quiet else lambda line: click.echo(line, err=True))
         click.echo(result.report.table())
         raise_if_failed(result.report, result.report_path, files_written=True)
         for variant, path in result.onnx_paths.items():
@@ -73,3 +75,7 @@ def main(model, output, opset, int8, fp16, data, calibration, calib_images, cali
         return 0
 
     run_cli(PROG, body, show_traceback)
+
+
+if __name__ == "__main__":
+    main()

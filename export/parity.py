@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -134,11 +133,12 @@ def load_predictor(path: str | os.PathLike) -> tuple[Predict, str]:
     raise ModelError(f"{path}: unknown model type (expected a .keras or .onnx file)")
 
 
-def predict_all(predict: Predict, batch_nhwc: np.ndarray, label: str, quiet: bool = False) -> np.ndarray:
-    """(N, 10) outputs, in BATCH_SIZE chunks, with a progress bar on stderr."""
-    from tqdm import tqdm
+def predict_all(predict: Predict, batch_nhwc: np.ndarray, label: str, quiet: bool | None = None) -> np.ndarray:
+    """(N, 10) outputs, in BATCH_SIZE chunks, with a progress bar on stderr when it is a
+    terminal (``quiet=None``) or when ``quiet`` is False."""
+    from train.progress import progress_bar
 
-    with tqdm(total=len(batch_nhwc), desc=label, unit="img", file=sys.stderr, disable=quiet, leave=False) as bar:
+    with progress_bar(len(batch_nhwc), label, "img", quiet) as bar:
         return predict_in_batches(predict, batch_nhwc, BATCH_SIZE, on_batch=bar.update)
 
 

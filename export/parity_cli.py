@@ -24,7 +24,7 @@ PROG = "cifar-parity"
               help="Also write the report as JSON to this file.")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Compare on the first N test images only.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (they are drawn only on a terminal anyway).")
 @traceback_option
 def main(reference, candidates, data, min_agreement, max_abs_diff, max_drop, json_out, test_limit, quiet,
          show_traceback):
@@ -41,7 +41,7 @@ def main(reference, candidates, data, min_agreement, max_abs_diff, max_drop, jso
         from . import Thresholds, check_parity
         from .parity import raise_if_failed
 
-        report = check_parity(reference, list(candidates), data=data, test_limit=test_limit, quiet=quiet,
+        report = check_parity(reference, list(candidates), data=data, test_limit=test_limit, quiet=True if quiet else None,
                               thresholds=Thresholds(min_agreement, max_abs_diff, max_drop))
         click.echo(report.table())
         if json_out:

@@ -10,9 +10,11 @@ caller that must stop on it calls ``parity.raise_if_failed`` (as the CLIs do: ex
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from runtime.errors import DataError, ModelError
 
@@ -33,7 +35,7 @@ class ExportConfig:
     int8_thresholds: Thresholds | None = None
     fp16_thresholds: Thresholds | None = None
     test_limit: int | None = None  # parity on the first N test images (tests); None = all 10000
-    quiet: bool = False  # no progress bars
+    quiet: bool | None = None  # progress bars: None only on a terminal, True never, False always
 
 
 @dataclass
@@ -68,9 +70,24 @@ def _prepare_output(path: Path) -> None:
         raise ModelError(f"{path}: cannot write output, permission denied")
 
 
+# What each timed stage did, for the one line per stage on stderr.
+STAGE_LINES = {
+    "load": "loaded the Keras model", "data": "read the data", "convert": "converted to ONNX",
+    "check": "checked the ONNX graph", "parity_keras": "ran Keras on the parity images",
+    "quantize_int8": "quantized to INT8", "convert_fp16": "converted to FP16", "save": "saved",
+}
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportConfig(), *,
                  output: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
-                 calibration: str | os.PathLike | None = None) -> ExportResult:
+                 calibration: str | os.PathLike | None = None,
+                 log: Callable[[str], None] | None = _stderr) -> ExportResult:
+    """Convert, quantize and check ``model_path``; ``log`` gets one line per stage (None:
+    silent), which is what a log file shows where a terminal also has progress bars."""
     source = Path(model_path)
     fp32_path, variant_paths, report_path = output_paths(source, output)
     if config.int8 and data is None and calibration is None:
@@ -82,7 +99,10 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     def timed(name, fn, *args, **kwargs):
         start = time.perf_counter()
         value = fn(*args, **kwargs)
-        stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - start, 2)
+        seconds = time.perf_counter() - start
+        stages[name] = round(stages.get(name, 0.0) + seconds, 2)
+        if log is not None and name != "save":
+            log(f"export: {STAGE_LINES.get(name, name)} ({seconds:.1f} s)")
         return value
 
     keras_source = timed("load", convert.load_keras, source)
@@ -127,6 +147,8 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
                         variant=variant, file=str(path), data=parity_data.description)
         entry.seconds = round(time.perf_counter() - start, 2)
         stages[f"parity_{variant}"] = entry.seconds
+        if log is not None:
+            log(f"export: {variant} parity on {entry.n:,} images ({entry.seconds:.1f} s)")
         prov = metadata.provenance(source, source_sha, config.opset, created, recipe)
         metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
                                 output_kind=keras_source.output_kind, provenance_info=prov,
@@ -143,7 +165,7 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
 
 def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLike], *,
                  data: str | os.PathLike | None = None, thresholds: Thresholds | None = None,
-                 test_limit: int | None = None, quiet: bool = False) -> ParityReport:
+                 test_limit: int | None = None, quiet: bool | None = None) -> ParityReport:
     """Compare any models (.keras or .onnx) against a reference on the same inputs.
 
     ``thresholds`` override, per field, each candidate's variant defaults (read from its

@@ -96,3 +96,19 @@ def test_import_loads_no_heavy_modules():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_line_per_stage_and_no_bar_frames_in_a_log(tiny_keras, small_data, tmp_path):
+    # stderr is a pipe, as in a log file: the stages are plain lines, no carriage-return frames.
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-m", "export.cli", str(tiny_keras), "-o", str(out),
+                           "--data", str(small_data)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    stages = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("export: ")]
+    assert stages == ["export: loaded the Keras model", "export: read the data", "export: converted to ONNX",
+                      "export: checked the ONNX graph", "export: ran Keras on the parity images",
+                      "export: fp32 parity on 40 images"]
+    quiet = subprocess.run([sys.executable, "-m", "export.cli", str(tiny_keras), "-o", str(out), "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "export: " not in quiet.stderr

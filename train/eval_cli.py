@@ -14,7 +14,7 @@ from runtime.cli_support import run_cli, traceback_option
 @click.option("--out", type=click.Path(), default=None,
               help="Folder for report.json, confusion.png, grid.png. Default: eval-<model> beside the model.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only this many test images.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (it is drawn only on a terminal anyway).")
 @traceback_option
 def main(model, data, out, limit, quiet, show_traceback):
     """Evaluate a .keras or .onnx MODEL on the CIFAR-10 test split.
@@ -26,7 +26,7 @@ def main(model, data, out, limit, quiet, show_traceback):
     def body():
         from .evaluate import evaluate
 
-        report = evaluate(model, data=data, out=out, limit=limit, quiet=quiet)
+        report = evaluate(model, data=data, out=out, limit=limit, quiet=True if quiet else None)
         click.echo(report.table())
         click.echo(f"\nwrote {report.files['report']}, {report.files['confusion']}, {report.files['grid']}")
 

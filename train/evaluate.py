@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from runtime.batching import predict_in_batches
 from runtime.errors import ModelError
 
 from .data import Cifar10, load_cifar10, take_slice
-from .models import load_keras_model  # noqa: F401  (re-exported: train.evaluate.load_keras_model)
+from .models import load_keras_model
+from .progress import progress_bar
 
 
 @dataclass
@@ -44,9 +44,9 @@ class EvalReport:
 
 
 def predict_probabilities(model_path: Path, images_rgb: np.ndarray, batch_size: int = 500,
-                          quiet: bool = False) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 RGB → (N, classes) float32 probabilities, for .keras or .onnx."""
-    from tqdm.auto import tqdm
+                          quiet: bool | None = None) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 RGB → (N, classes) float32 probabilities, for .keras or .onnx.
+    A progress bar on a terminal (``quiet=None``), or when ``quiet`` is False."""
 
     suffix = model_path.suffix.lower()
     if suffix == ".keras":
@@ -55,8 +55,7 @@ def predict_probabilities(model_path: Path, images_rgb: np.ndarray, batch_size: 
         predict = _onnx_predictor(model_path)
     else:
         raise ModelError(f"{model_path}: expected a .keras or .onnx model")
-    with tqdm(total=len(images_rgb), desc="evaluating", unit="img", disable=quiet, leave=False,
-              file=sys.stderr) as bar:
+    with progress_bar(len(images_rgb), "evaluating", "img", quiet) as bar:
         # The model takes raw 0-255 RGB pixels; scaling is inside its graph.
         return predict_in_batches(lambda chunk: predict(chunk.astype(np.float32)), images_rgb,
                                   batch_size, on_batch=bar.update)
@@ -91,7 +90,7 @@ def _metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tuple[dict,
 
 def evaluate(model: str | os.PathLike, data: str | os.PathLike | Cifar10 | None = None,
              out: str | os.PathLike | None = None, limit: int | None = None,
-             grid_images: int = 64, quiet: bool = False) -> EvalReport:
+             grid_images: int = 64, quiet: bool | None = None) -> EvalReport:
     """Evaluate ``model`` on the CIFAR-10 test split; write report.json and PNGs into ``out``
     (default: an ``eval`` folder beside the model)."""
     model_path = Path(model)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 # Keras' BatchNorm momentum (1 - PyTorch's): statistics follow the weights quickly, which the
 # lookahead averaging in train.fit needs (airbench uses PyTorch momentum 0.4).
