@@ -1,7 +1,8 @@
 """Shared fixtures: small generated CIFAR-10-shaped data and tiny models, so tests never need
 the real set.
 
-Every fixture is found by pytest, so test modules import none. TensorFlow, Keras and onnx are
+Every fixture is found by pytest, so test modules import none (plain helpers are in
+helpers.py). TensorFlow, Keras and onnx are
 imported inside the fixtures that need them: the runtime tests also run in the base-only
 environment (see .ci/run).
 """
@@ -12,37 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from helpers import has_module, write_folder_dataset
 from runtime_models import COMMITTED, build_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 32, 32, 3) uint8 images whose class is learnable: each class has its own colour."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 10
-    palette = rng.integers(0, 256, (10, 3))
-    x = palette[y][:, None, None, :] + rng.normal(0, 20, (n, 32, 32, 3))
-    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
-
-
-def write_folder_dataset(root: Path, n_train: int = 60, n_test: int = 20, fmt: str = "png") -> Path:
-    from PIL import Image
-
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        x, y = make_images(n, seed)
-        for i, (img, label) in enumerate(zip(x, y)):
-            d = root / split / CLASSES[label]
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i:04d}.{fmt}")
-    return root
 
 
 @pytest.fixture
@@ -54,17 +30,6 @@ def folder_dataset(tmp_path) -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     # Each test gets its own decode cache, so tests never see each other's arrays.
     monkeypatch.setenv("CIFAR_EDGE_CACHE", str(tmp_path / "cache"))
-
-
-def has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
-requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
-                                        reason=f"real CIFAR-10 not found at {REAL_DATA}")
 
 
 # -- tiny ONNX models for the runtime tests (tests/runtime_models.py builds them) ---------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from conftest import requires_tf
+from helpers import requires_tf
 
 pytestmark = requires_tf
 

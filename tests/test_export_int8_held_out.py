@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_images, requires_tf, write_folder_dataset
+from helpers import make_images, requires_tf, write_folder_dataset
 
 
 def _rows(batch: np.ndarray) -> set[bytes]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import requires_tf
+from helpers import requires_tf
 
 
 def test_compare_figures():

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import requires_tf
+from helpers import requires_tf
 from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
                               KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, InputContract)
 

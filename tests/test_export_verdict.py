@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import requires_tf
+from helpers import requires_tf
 
 # Three labelled inputs: the reference gets all three right, the candidate only the first.
 LABELS = np.array([0, 1, 1])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES, make_images, write_folder_dataset
+from helpers import CLASSES, make_images, write_folder_dataset
 from runtime.errors import DataError
 from train.data import load_cifar10, take_slice
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import requires_tf
+from helpers import requires_tf
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, requires_tf, write_folder_dataset
+from helpers import REPO, requires_tf, write_folder_dataset
 
 pytestmark = requires_tf
 

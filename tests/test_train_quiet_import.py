@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, requires_tf
+from helpers import REPO, requires_tf
 
 IMPORT = "from train.quiet_import import import_keras; import_keras(); print('imported')"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import requires_tf
+from helpers import requires_tf
 from train.tta import tta_accuracy, tta_views
 
 

@@ -209,3 +209,20 @@ def test_training_in_a_log_prints_lines_not_frames(folder_dataset, tmp_path):
     assert "\r" not in out.stderr
     assert [line.split()[1] for line in out.stderr.splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]
     assert "decoding the train split once" in out.stderr
+
+
+def test_download_error_shows_what_went_wrong_not_a_bare_exception(monkeypatch):
+    keras_datasets = pytest.importorskip("keras.datasets.cifar10")
+    from runtime.errors import DataError
+    from train.data import load_cifar10
+
+    def offline():  # what keras.utils.get_file raises when the fetch fails: a bare Exception
+        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz: "
+                        "None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras_datasets, "load_data", offline)
+    with pytest.raises(DataError) as caught:
+        load_cifar10(None)
+    message = str(caught.value)
+    assert "URL fetch failure on https://www.cs.toronto.edu" in message and "Temporary failure" in message
+    assert "Exception" not in message and "pass --data DIR" in message

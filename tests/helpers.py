@@ -1,0 +1,50 @@
+"""Helpers the tests import: paths, generated CIFAR-10-shaped data, skip markers.
+
+Fixtures live in conftest.py (pytest finds them); plain functions and constants live here,
+so no test imports conftest as a module. Nothing heavy is imported: the runtime tests also
+run in the base-only environment (see .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32, 32, 3) uint8 images whose class is learnable: each class has its own colour."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    palette = rng.integers(0, 256, (10, 3))
+    x = palette[y][:, None, None, :] + rng.normal(0, 20, (n, 32, 32, 3))
+    return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+def write_folder_dataset(root: Path, n_train: int = 60, n_test: int = 20, fmt: str = "png") -> Path:
+    from PIL import Image
+
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = make_images(n, seed)
+        for i, (img, label) in enumerate(zip(x, y)):
+            d = root / split / CLASSES[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:04d}.{fmt}")
+    return root
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
+requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
+                                        reason=f"real CIFAR-10 not found at {REAL_DATA}")
