@@ -3,7 +3,7 @@
     python scripts/reencode_jpeg.py ../shared/data/cifar10 /tmp/cifar-q50 --quality 50
 
 Writes OUT/{train,test}/<class>/NNNN.jpg (Pillow's default 4:2:0 chroma subsampling). Train on
-both folders with the same recipe and compare (README, "Shipped model"). Never write into the
+both folders with the same recipe and compare (docs/shipped-model.md). Never write into the
 project: the output is a full copy of the data.
 """
 

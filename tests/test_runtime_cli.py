@@ -211,7 +211,7 @@ def test_uncertain_is_one_word_for_table_caption_and_frames():
     pred = Prediction((("cat", 0.4), ("dog", 0.3)), np.zeros(10, np.float32))
     assert (pred.shown_label(0.5), pred.shown_label(0.4)) == (UNCERTAIN, "cat")
     assert caption(pred, min_confidence=0.5) == f"{UNCERTAIN} (cat 40%)"
-    assert UNCERTAIN == "uncertain"  # the word users see and scripts match on (README)
+    assert UNCERTAIN == "uncertain"  # the word users see and scripts match on (docs/running.md)
 
 
 def test_errors_before_classifying_are_one_line(tiny_model, tmp_path):

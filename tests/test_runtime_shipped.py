@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REAL_DATA, REPO, requires_real_data
+from helpers import REAL_DATA, REPO, requires_real_data
 
 ASSETS = REPO / "runtime" / "assets"
 SHIPPED = REPO / "train" / "shipped" / "default"
@@ -48,14 +48,14 @@ def accuracies(test_split):
 def test_int8_holds_and_figures_match_the_bundled_report(accuracies):
     fp32, int8 = accuracies["fp32"], accuracies["int8"]
     assert fp32 - int8 <= 0.005, f"INT8 {100 * int8:.2f}% is more than 0.5 point below FP32 {100 * fp32:.2f}%"
-    # The parity report bundled beside them says the same (it is what the README is built from).
+    # The parity report bundled beside them says the same (the shipped-model figures are built from it).
     report = json.loads((ASSETS / "parity.json").read_text())
     recorded = {e["variant"]: e["candidate_accuracy"] for e in report["entries"]}
     assert recorded["fp32"] == pytest.approx(100 * fp32, abs=0.011)
     assert recorded["int8"] == pytest.approx(100 * int8, abs=0.011)
 
 
-# The target. The model bundled now falls short of it (see README, "Shipped model"),
+# The target. The model bundled now falls short of it (see docs/shipped-model.md),
 # so this is a strict xfail: it fails the suite the day a bundled model meets the target
 # without this marker being removed.
 FP32_TARGET = 0.920
@@ -66,7 +66,7 @@ SHORT_OF_TARGET = True
 @requires_real_data
 @pytest.mark.xfail(SHORT_OF_TARGET, strict=True,
                    reason="the bundled model is below the 92.0% target; on this JPEG copy of CIFAR-10 "
-                          "the published 94% recipe itself reaches 89.9% single-view (README, Shipped model)")
+                          "the published 94% recipe itself reaches 89.9% single-view (docs/shipped-model.md)")
 def test_bundled_fp32_reaches_the_target(accuracies):
     assert accuracies["fp32"] >= FP32_TARGET, f"FP32 {100 * accuracies['fp32']:.2f}% is below 92.0%"
 
