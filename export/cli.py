@@ -19,6 +19,9 @@ PROG = "cifar-export"
 @click.option("--opset", type=click.IntRange(13, 21), default=17, show_default=True, help="ONNX opset.")
 @click.option("--int8", is_flag=True, help="Also write a static INT8 (QDQ, per-channel) model.")
 @click.option("--fp16", is_flag=True, help="Also write a float16-weights model (float32 input/output).")
+@click.option("--no-fold", is_flag=True,
+              help="Convert the layers as trained: no folding of normalization, BatchNorm and temperature "
+                   "into their neighbours (slower; for comparing).")
 @click.option("--data", type=click.Path(path_type=str), default=None,
               help="CIFAR-10 folder (train/ and test/): parity on the full test split, INT8 calibration "
                    "on training images. Without it parity uses synthetic inputs.")
@@ -43,7 +46,7 @@ PROG = "cifar-export"
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bars (drawn only on a terminal anyway) and no line per stage.")
 @traceback_option
-def main(model, output, opset, int8, fp16, data, calibration, calib_images, calib_method, min_agreement,
+def main(model, output, opset, int8, fp16, no_fold, data, calibration, calib_images, calib_method, min_agreement,
          max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, test_limit, quiet, show_traceback):
     """Convert a Keras CIFAR-10 model (.keras) to ONNX and prove it gives the same answers.
 
@@ -58,7 +61,7 @@ def main(model, output, opset, int8, fp16, data, calibration, calib_images, cali
         from . import ExportConfig, Int8Config, export_model
 
         config = ExportConfig(
-            opset=opset, int8=int8, fp16=fp16, test_limit=test_limit, quiet=True if quiet else None,
+            opset=opset, int8=int8, fp16=fp16, fold=not no_fold, test_limit=test_limit, quiet=True if quiet else None,
             int8_config=Int8Config(calib_images=calib_images, method=calib_method),
             fp32_thresholds=DEFAULT_THRESHOLDS["fp32"].override(min_agreement=min_agreement,
                                                                 max_abs_diff=max_abs_diff),

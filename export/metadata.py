@@ -45,7 +45,7 @@ def utc_now() -> str:
 
 
 def provenance(source: Path, source_sha256: str, opset: int, created: str,
-               quantization: dict | None = None) -> dict:
+               quantization: dict | None = None, folds: list[str] | None = None) -> dict:
     """Where a file came from: enough to rebuild it or to tell two exports apart."""
     return {
         "source": source.name,
@@ -54,6 +54,7 @@ def provenance(source: Path, source_sha256: str, opset: int, created: str,
         "opset": opset,
         "created": created,
         "quantization": quantization,  # None for fp32; the recipe for int8 / fp16
+        "folded": list(folds or []),  # export.fold's rewrites, in order (empty: converted as trained)
     }
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from runtime.errors import DataError, ModelError
 
 from . import convert, metadata
+from .fold import fold_for_inference
 from .parity import (DEFAULT_THRESHOLDS, ParityData, ParityReport, Thresholds, compare, keras_predictor,
                      load_test_split, onnx_predictor, predict_all, synthetic_inputs)
 from .quantize import Int8Config, calibration_from_cifar, calibration_from_folder, convert_fp16, quantize_int8
@@ -35,6 +36,9 @@ class ExportConfig:
     int8_thresholds: Thresholds | None = None
     fp16_thresholds: Thresholds | None = None
     test_limit: int | None = None  # parity on the first N test images (tests); None = all 10000
+    # Fold normalization, BatchNorm and the temperature into the neighbouring layers before
+    # conversion (export.fold): the same function with fewer operators, faster everywhere.
+    fold: bool = True
     quiet: bool | None = None  # progress bars: None only on a terminal, True never, False always
 
 
@@ -72,7 +76,8 @@ def _prepare_output(path: Path) -> None:
 
 # What each timed stage did, for the one line per stage on stderr.
 STAGE_LINES = {
-    "load": "loaded the Keras model", "data": "read the data", "convert": "converted to ONNX",
+    "load": "loaded the Keras model", "data": "read the data", "fold": "folded BatchNorm and scaling into the layers",
+    "convert": "converted to ONNX",
     "check": "checked the ONNX graph", "parity_keras": "ran Keras on the parity images",
     "quantize_int8": "quantized to INT8", "convert_fp16": "converted to FP16", "save": "saved",
 }
@@ -118,7 +123,8 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
             calib, held_out = timed("data", calibration_from_cifar, data, config.int8_config.calib_images,
                                     config.int8_config.seed)
 
-    fp32_proto = timed("convert", convert.to_onnx, keras_source, config.opset)
+    folded, folds = timed("fold", fold_for_inference, keras_source.model) if config.fold else (keras_source.model, [])
+    fp32_proto = timed("convert", convert.to_onnx, replace(keras_source, model=folded), config.opset)
     timed("check", convert.check_onnx, fp32_proto)
     reference = timed("parity_keras", predict_all, keras_predictor(keras_source.model), parity_data.batch_nhwc,
                       "keras", config.quiet)
@@ -149,7 +155,7 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
         stages[f"parity_{variant}"] = entry.seconds
         if log is not None:
             log(f"export: {variant} parity on {entry.n:,} images ({entry.seconds:.1f} s)")
-        prov = metadata.provenance(source, source_sha, config.opset, created, recipe)
+        prov = metadata.provenance(source, source_sha, config.opset, created, recipe, folds)
         metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
                                 output_kind=keras_source.output_kind, provenance_info=prov,
                                 parity=entry.for_metadata())

@@ -106,7 +106,8 @@ def test_a_line_per_stage_and_no_bar_frames_in_a_log(tiny_keras, small_data, tmp
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
     stages = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("export: ")]
-    assert stages == ["export: loaded the Keras model", "export: read the data", "export: converted to ONNX",
+    assert stages == ["export: loaded the Keras model", "export: read the data",
+                      "export: folded BatchNorm and scaling into the layers", "export: converted to ONNX",
                       "export: checked the ONNX graph", "export: ran Keras on the parity images",
                       "export: fp32 parity on 40 images"]
     quiet = subprocess.run([sys.executable, "-m", "export.cli", str(tiny_keras), "-o", str(out), "--quiet"],
