@@ -198,6 +198,7 @@ class FrameResult:
     box: tuple[int, int, int, int] | None  # classified region (x0, y0, x1, y1); None = full frame
     infer_ms: float  # preprocessing + onnxruntime for this frame
     fps: float  # frames per second through the loop, smoothed
+    read_ms: float = 0.0  # waiting for and decoding this frame (source.read)
 
     def to_dict(self) -> dict:
         return {"frame": self.index, "label": self.label,
@@ -237,7 +238,9 @@ def classify_stream(source: FrameSource, classifier: "Classifier", *, full_frame
             return
         if pace_fps and index and stop.wait(max(0.0, started + index / pace_fps - time.monotonic())):
             return
+        t_read = time.perf_counter()
         frame_bgr = source.read()
+        read_ms = (time.perf_counter() - t_read) * 1000.0
         if frame_bgr is None:
             if not source.live:
                 return  # end of a video file
@@ -271,7 +274,7 @@ def classify_stream(source: FrameSource, classifier: "Classifier", *, full_frame
             fps = instant if fps == 0.0 else 0.9 * fps + 0.1 * instant
         last = now
         label = prediction.shown_label(min_confidence)
-        yield FrameResult(index, frame_bgr, prediction, label, box, infer_ms, fps)
+        yield FrameResult(index, frame_bgr, prediction, label, box, infer_ms, fps, read_ms)
         index += 1
 
 
