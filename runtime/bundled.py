@@ -28,10 +28,16 @@ def assets_dir() -> Path:
 
 def default_model() -> Path:
     """The bundled model, or a ModelError saying how to supply one."""
+    return bundled_models()[0]
+
+
+def bundled_models() -> list[Path]:
+    """Every bundled model, in MODEL_NAMES order; a ModelError saying how to supply one when
+    there is none."""
     where = assets_dir()
-    for name in MODEL_NAMES:
-        if (where / name).is_file():
-            return where / name
+    found = [where / name for name in MODEL_NAMES if (where / name).is_file()]
+    if found:
+        return found
     raise ModelError(
         f"no model is bundled in {where} (looked for {', '.join(MODEL_NAMES)}); "
         "pass --model PATH to a model exported with `cifar-export`"

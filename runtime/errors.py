@@ -44,6 +44,12 @@ class SourceError(CifarEdgeError):
     """A camera or video source cannot be opened or stopped delivering frames."""
 
 
+class OptionError(CifarEdgeError):
+    """An option's value cannot be used (a malformed list, a value out of range)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ThresholdError(CifarEdgeError):
     """A parity or accuracy check failed its threshold."""
 
