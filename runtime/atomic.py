@@ -48,3 +48,21 @@ def atomic_write(target: str | os.PathLike, mode: str = "w", encoding: str | Non
     with atomic_path(target) as tmp:
         with open(tmp, mode, encoding=encoding) as fh:
             yield fh
+
+
+def replace_marked(text: str, begin: str, end: str, block: str, where: str = "the text") -> str:
+    """``text`` with what lies between its one ``begin`` … ``end`` pair replaced by ``block``
+    (generated figures inside a hand-written page)."""
+    from .errors import CifarEdgeError
+
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise CifarEdgeError(f"{where} needs exactly one {begin} … {end} pair, in that order")
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{block}\n{end}{rest.split(end, 1)[1]}"
+
+
+def write_marked(path: str | os.PathLike, begin: str, end: str, block: str) -> None:
+    """Replace the marked block of the file at ``path`` (``replace_marked``), atomically."""
+    text = replace_marked(Path(path).read_text(encoding="utf-8"), begin, end, block, str(path))
+    with atomic_write(path) as fh:
+        fh.write(text)

@@ -21,6 +21,8 @@ from pathlib import Path
 import click
 
 from runtime.atomic import atomic_write
+from runtime.atomic import replace_marked as runtime_replace_marked
+from runtime.errors import CifarEdgeError
 from train.runfolder import read_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,11 +152,10 @@ FIGURE_PAGES = {README: summary_markdown, SHIPPED_PAGE: details_markdown}
 
 def replace_marked(text: str, markdown: str, page: str = "the page") -> str:
     """``text`` with what lies between the BEGIN and END markers replaced by ``markdown``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise click.ClickException(f"{page} needs exactly one {BEGIN} … {END} pair, in that order")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{markdown}\n{END}{tail}"
+    try:
+        return runtime_replace_marked(text, BEGIN, END, markdown, page)
+    except CifarEdgeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def write_figures(shipped: Path, date: str) -> None:
