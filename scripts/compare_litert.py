@@ -1,6 +1,6 @@
 """Our runtime against LiteRT and Keras on the same model, measured side by side in one run.
 
-    pip install -e ".[train,bench]"
+    pip install -e ".[train,litert]"
     python scripts/compare_litert.py --data ../shared/data/cifar10            # the shipped model
     python scripts/compare_litert.py --run runs/default --data ... --write docs/speed.md
 
