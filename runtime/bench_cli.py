@@ -18,6 +18,7 @@ from __future__ import annotations
 import click
 
 from .cli_support import run_cli, traceback_option
+from .providers import PROVIDER_HELP
 
 PROG = "cifar-bench"
 DEFAULT_FRAMES = 100
@@ -28,7 +29,7 @@ DEFAULT_FRAMES = 100
 @click.option("--data", metavar="DIR", help="CIFAR-10 folder with test/<class>/*.jpg: accuracy on "
               "that split (labels are folder names, matched to the model's class names).")
 @click.option("--provider", default="auto", show_default=True,
-              help="Execution provider: auto, cpu, cuda, tensorrt, openvino, ...")
+              help=PROVIDER_HELP)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="onnxruntime intra-op threads (0 = onnxruntime's default).")
 @click.option("--batch", "batches", default="1,32", show_default=True,

@@ -48,3 +48,11 @@ def has_module(name: str) -> bool:
 requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
 requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
                                         reason=f"real CIFAR-10 not found at {REAL_DATA}")
+
+
+def one_error_line(result, prog: str = "cifar-run") -> str:
+    """The single stderr line of a command that failed with exit code 1, without its prefix."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
+    return lines[0].removeprefix(f"{prog}: error: ")

@@ -11,19 +11,12 @@ from runtime.contract import (HOW_TO_EXPORT, KEY_CLASS_NAMES, KEY_INPUT, KEY_PRO
                               CIFAR10_CLASSES, InputContract, ModelMetadata)
 from runtime.errors import ModelError, ProviderError
 from runtime.session import IN_MEMORY, create_session, model_metadata
+from helpers import one_error_line
 from runtime_models import metadata, solid
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    """The single stderr line of a failed cifar-run, without its prefix."""
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cifar-run: error: "), result.stderr
-    return lines[0].removeprefix("cifar-run: error: ")
 
 
 @pytest.fixture
