@@ -24,6 +24,7 @@ import click
 from . import bundled
 from .cli_support import run_cli, traceback_option
 from .errors import ExitCode, SourceError
+from .providers import PROVIDER_HELP
 
 PROG = "cifar-run"
 SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -49,6 +50,16 @@ def _unique_path(directory: Path, name: str, used: set[str]) -> Path:
         candidate = f"{stem}-{n}{suffix}"
     used.add(candidate)
     return directory / candidate
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | None:
+    """"640x480" -> (640, 480); click reports a malformed value as a usage error."""
+    if value is None:
+        return None
+    width, sep, height = value.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) >= 2 and int(height) >= 2):
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 640x480")
+    return int(width), int(height)
 
 
 def _format_top_k(prediction) -> str:
@@ -115,9 +126,11 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
 
 def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, full_frame: bool,
                smooth: int, min_confidence: float, reconnect: int, max_frames: int | None,
-               duration: float | None, realtime: bool = False) -> int:
+               duration: float | None, realtime: bool = False,
+               size: tuple[int, int] | None = None, fps: int | None = None) -> int:
     """The live loop: classify, overlay, show or print, save. Stops cleanly on q/Esc,
-    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video."""
+    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video.
+    ``size`` and ``fps`` are for picam and csi:// cameras."""
     from . import video
 
     stop = threading.Event()
@@ -130,7 +143,7 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     source = saver = window = None
     try:
-        source = video.open_source(spec)
+        source = video.open_source(spec, size=size, fps=fps)
         _note(clf.describe())  # after the source opened: a failure to open stays one line
         if save is not None:
             saver = video.VideoSaver(save, fps=getattr(source, "fps", None) or 30.0)
@@ -145,7 +158,8 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
                 pace_fps=(getattr(source, "fps", None) or 30.0) if realtime and not source.live else None,
                 stop=stop):
             frames += 1
-            annotated = video.annotate_frame(result.frame_bgr, result)
+            if saver is not None or window is not None:  # printing alone needs no OpenCV
+                annotated = video.annotate_frame(result.frame_bgr, result)
             if saver is not None:
                 saver.write(annotated)
             if window is None:
@@ -193,7 +207,7 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
 @click.option("--model", "-m", type=click.Path(dir_okay=False),
               help="ONNX model exported by cifar-export [default: the bundled model].")
 @click.option("--provider", default="auto", show_default=True,
-              help="Execution provider: auto, cpu, cuda, tensorrt, openvino, coreml, dml, ...")
+              help=PROVIDER_HELP)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="onnxruntime intra-op threads (0 = onnxruntime's default).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
@@ -208,7 +222,12 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per onnxruntime call.")
 @click.option("--camera", metavar="SRC", help="Classify live video: camera index (0), device "
-              "path, video file, rtsp:// or http:// URL, or GStreamer pipeline.")
+              "path, video file, rtsp:// or http:// URL, GStreamer pipeline, a Raspberry Pi "
+              "camera (picam, picam:N) or a Jetson CSI camera (csi://N).")
+@click.option("--camera-size", metavar="WxH", callback=lambda _c, _p, v: _parse_size(v),
+              help="picam / csi://N: frame size [default: 640x480 for picam, 1280x720 for csi].")
+@click.option("--camera-fps", type=click.IntRange(min=1), metavar="FPS",
+              help="picam / csi://N: frame rate [default: 30].")
 @click.option("--full-frame", is_flag=True, help="Camera: classify the whole frame, not the centre square.")
 @click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
               help="Camera: average probabilities over this many recent frames.")
@@ -223,8 +242,8 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
               help="Camera: play a video file at its own frame rate, as a camera would deliver it.")
 @traceback_option
 def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
-         camera, full_frame, smooth, headless, max_frames, duration, reconnect, realtime,
-         show_traceback):
+         camera, camera_size, camera_fps, full_frame, smooth, headless, max_frames, duration,
+         reconnect, realtime, show_traceback):
     fmt = fmt or "table"
 
     def body() -> int:
@@ -235,7 +254,8 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
             return run_camera(clf, camera, save=Path(save) if save else None, headless=headless,
                               fmt=fmt, full_frame=full_frame, smooth=smooth,
                               min_confidence=min_confidence, reconnect=reconnect,
-                              max_frames=max_frames, duration=duration, realtime=realtime)
+                              max_frames=max_frames, duration=duration, realtime=realtime,
+                              size=camera_size, fps=camera_fps)
         from .inputs import expand_sources
 
         save_dir = Path(save) if save else None

@@ -3,9 +3,11 @@
 All OpenCV code of the package is in this module, and ``cv2`` is imported only inside its
 functions, so image-only installs never need it. Frames are ``frame_bgr``: (H, W, 3) uint8 BGR.
 
-Pieces, each usable alone (a picamera2 source or an MJPEG live view plugs in the same way):
+Pieces, each usable alone (an MJPEG live view plugs in the same way):
   FrameSource        read() -> frame_bgr | None, release(); ``live`` sources may reopen()
   OpenCVSource       camera index, device path, video file, RTSP/HTTP URL, GStreamer pipeline
+  csi_pipeline       the GStreamer pipeline for a Jetson CSI camera (``csi://N``)
+  PicameraSource     a Raspberry Pi camera through picamera2 (``picam:N``, runtime.picamera)
   LatestFrameReader  a thread that keeps only the newest frame of a live source
   classify_stream    generator of FrameResult (frame, prediction, timings)
   annotate_frame     pure: frame + result -> annotated copy
@@ -29,18 +31,25 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 import numpy as np
 
 from .classifier import UNCERTAIN
-from .errors import SourceError
+from .errors import OptionError, SourceError
 
 if TYPE_CHECKING:
     from .classifier import Classifier, Prediction
 
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
+_PICAM = re.compile(r"^picam(?::(\d+))?$")  # picam, picam:1
+_CSI = re.compile(r"^csi://(\d+)$")  # csi://0
+CSI_SIZE, CSI_FPS = (1280, 720), 30  # a mode every Jetson CSI sensor has (IMX219, IMX477)
 
 
 def _cv2():
     try:
         import cv2
-    except ImportError:
+    except ImportError as exc:
+        if "numpy" in str(exc).lower():  # a system OpenCV built for NumPy 1.x under a pip NumPy 2
+            raise SourceError(f"OpenCV cannot load with NumPy {np.__version__} ({exc}): the "
+                              "system's OpenCV is built for its NumPy 1.x; in the venv, pip "
+                              "install 'numpy<2'") from None
         raise SourceError("video needs OpenCV: pip install 'cifar-edge[camera]' "
                           "(or opencv-python-headless)") from None
     return cv2
@@ -73,16 +82,45 @@ class FrameSource(Protocol):
 
 
 def is_live(spec: str) -> bool:
-    return spec.isdigit() or spec.startswith("/dev/") or bool(_URL.match(spec)) or "!" in spec
+    return (spec.isdigit() or spec.startswith("/dev/") or bool(_URL.match(spec)) or "!" in spec
+            or bool(_PICAM.match(spec) or _CSI.match(spec)))
+
+
+def is_camera_spec(spec: str) -> bool:
+    """``picam``, ``picam:N`` or ``csi://N``: the sources that take a size and a frame rate."""
+    return bool(_PICAM.match(spec) or _CSI.match(spec))
+
+
+def csi_pipeline(sensor_id: int = 0, size: tuple[int, int] = CSI_SIZE, fps: int = CSI_FPS) -> str:
+    """The GStreamer pipeline for a Jetson CSI camera, as NVIDIA's and JetsonHacks' examples
+    build it: Argus delivers NV12 in GPU memory (NVMM), nvvidconv copies it out as BGRx,
+    videoconvert drops the X, and appsink keeps only the newest frame (drop, max-buffers=1)."""
+    width, height = size
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
+            f"video/x-raw(memory:NVMM),width={width},height={height},framerate={fps}/1 ! "
+            "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            "appsink drop=1 max-buffers=1")
+
+
+def _has_gstreamer(cv2) -> bool:
+    return re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()) is not None
+
+
+NO_GSTREAMER = ("this OpenCV ({version}) was built without GStreamer (pip's opencv-python "
+                "wheels never have it); on a Jetson use JetPack's OpenCV: sudo apt install "
+                "python3-opencv, a venv made with python3 -m venv --system-site-packages, and "
+                "no opencv-python* from pip in it (pip uninstall opencv-python "
+                "opencv-python-headless)")
 
 
 class OpenCVSource:
     """A ``cv2.VideoCapture`` on ``spec``: "0" (camera index), "/dev/video0", a video file,
-    an rtsp:// or http:// URL, or a GStreamer pipeline (contains "!")."""
+    an rtsp:// or http:// URL, or a GStreamer pipeline (contains "!"). ``name`` is what
+    messages and the window call it (``csi://0`` for the pipeline built for it)."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, name: str | None = None):
         self.spec = spec
-        self.name = spec
+        self.name = name or spec
         self.live = is_live(spec)
         self.cap = None
         self.open()
@@ -90,9 +128,9 @@ class OpenCVSource:
     def open(self) -> None:
         cv2 = _cv2()
         spec = self.spec
-        if "!" in spec and "GStreamer:                   YES" not in cv2.getBuildInformation():
-            raise SourceError(f"{spec!r} looks like a GStreamer pipeline, but this OpenCV "
-                              "build has no GStreamer support")
+        if "!" in spec and not _has_gstreamer(cv2):
+            raise SourceError(f"{self.name}: needs a GStreamer pipeline, but "
+                              + NO_GSTREAMER.format(version=cv2.__version__))
         if not self.live and not Path(spec).is_file():
             raise SourceError(f"cannot open video source {spec!r}: no such file")
         with _opencv_log_silenced(cv2):
@@ -102,9 +140,10 @@ class OpenCVSource:
                 cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
         if not cap.isOpened():
             cap.release()
-            kind = "camera" if spec.isdigit() or spec.startswith("/dev/") else "video source"
-            raise SourceError(f"cannot open {kind} {spec!r} (is it connected, readable and not "
-                              "used by another program?)")
+            camera = spec.isdigit() or spec.startswith("/dev/") or self.name != spec
+            raise SourceError(f"cannot open {'camera' if camera else 'video source'} "
+                              f"{self.name!r} (is it connected, readable and not used by "
+                              "another program?)")
         self.cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 1.0 <= fps <= 240.0 else None
@@ -181,9 +220,27 @@ class LatestFrameReader:
         self.source.release()
 
 
-def open_source(spec: str, stall_timeout_s: float = 2.0) -> FrameSource:
-    """Open ``spec``; live sources get a LatestFrameReader, files are read frame by frame."""
-    source = OpenCVSource(spec)
+def open_source(spec: str, stall_timeout_s: float = 2.0, *, size: tuple[int, int] | None = None,
+                fps: int | None = None) -> FrameSource:
+    """Open ``spec``; live sources get a LatestFrameReader, files are read frame by frame.
+
+    ``picam`` / ``picam:N`` is a Raspberry Pi camera through picamera2, ``csi://N`` a Jetson
+    CSI camera through GStreamer; ``size`` (width, height) and ``fps`` apply to those two.
+    """
+    if (size or fps) and not is_camera_spec(spec):
+        raise OptionError(f"a camera size and frame rate apply to picam and csi:// cameras, "
+                          f"not to {spec!r}")
+    source: FrameSource
+    if (m := _PICAM.match(spec)):
+        from .picamera import DEFAULT_SIZE, PicameraSource
+
+        source = PicameraSource(int(m[1] or 0), size=size or DEFAULT_SIZE, fps=fps)
+    elif (m := _CSI.match(spec)):
+        source = OpenCVSource(csi_pipeline(int(m[1]), size or CSI_SIZE, fps or CSI_FPS), name=spec)
+    elif spec.startswith(("picam:", "csi:")):
+        raise SourceError(f"camera {spec!r}: write picam, picam:N or csi://N (N = 0, 1, ...)")
+    else:
+        source = OpenCVSource(spec)
     return LatestFrameReader(source, stall_timeout_s) if source.live else source
 
 
