@@ -26,6 +26,7 @@ from typing import Callable
 from . import __version__, bundled
 from .cpu import CpuInfo, cpu_features
 from .errors import CifarEdgeError, ExitCode, ProviderError
+from .picamera import INSTALL_HINT
 from .providers import cache_root, gpu_install_hint, resolve, short_name
 
 OK, NOTE, PROBLEM = "ok", "note", "problem"
@@ -239,8 +240,7 @@ def check_picamera2(board: Board, picamera2=None, error: BaseException | None = 
     if _missing(error, "picamera2"):
         if board.is_pi:
             return Check("picamera2", NOTE, "not installed: a Raspberry Pi camera module needs it",
-                         "sudo apt install python3-picamera2, and make the venv with "
-                         "python3 -m venv --system-site-packages")
+                         INSTALL_HINT)
         return Check("picamera2", OK, "not installed (only a Raspberry Pi camera module needs it)")
     if _numpy_clash(error):
         fix = ("apt's picamera2 (simplejpeg) was built for the system's NumPy 1.x, and the venv's "

@@ -23,6 +23,7 @@ import numpy as np
 from runtime.contract import CIFAR10_CLASSES
 from runtime.errors import DataError, ImageError
 from runtime.preprocess import IMAGE_SUFFIXES, load_image
+from runtime.providers import cache_root
 from runtime.atomic import atomic_write
 
 from .progress import progress_bar
@@ -42,7 +43,8 @@ class Cifar10:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CIFAR_EDGE_CACHE", Path.home() / ".cache" / "cifar-edge"))
+    """Where decoded datasets are cached: cifar-edge's one cache folder ($CIFAR_EDGE_CACHE)."""
+    return cache_root()
 
 
 def check_data_path(data: str | os.PathLike | None) -> None:
