@@ -127,10 +127,11 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
 def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, full_frame: bool,
                smooth: int, min_confidence: float, reconnect: int, max_frames: int | None,
                duration: float | None, realtime: bool = False,
-               size: tuple[int, int] | None = None, fps: int | None = None) -> int:
+               size: tuple[int, int] | None = None, fps: int | None = None, every: float = 0.0) -> int:
     """The live loop: classify, overlay, show or print, save. Stops cleanly on q/Esc,
     Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video.
-    ``size`` and ``fps`` are for picam and csi:// cameras."""
+    ``size`` and ``fps`` are for picam and csi:// cameras; headless, a line is printed at most
+    every ``every`` seconds (0: every frame)."""
     from . import video
 
     stop = threading.Event()
@@ -151,7 +152,7 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
         if window is None and not headless:
             _note("no display: running headless")
         _note(f"reading {'live source' if source.live else 'video file'} {spec}")
-        frames = 0
+        frames, last_printed = 0, float("-inf")
         for result in video.classify_stream(
                 source, clf, full_frame=full_frame, smooth=smooth, min_confidence=min_confidence,
                 reconnect=reconnect, max_frames=max_frames, duration_s=duration,
@@ -163,6 +164,9 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
             if saver is not None:
                 saver.write(annotated)
             if window is None:
+                if every and time.monotonic() - last_printed < every:
+                    continue
+                last_printed = time.monotonic()
                 if fmt == "json":
                     click.echo(json.dumps(result.to_dict()))
                 else:
@@ -233,6 +237,9 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
               help="Camera: average probabilities over this many recent frames.")
 @click.option("--headless", is_flag=True, help="Camera: no window; print one line per frame "
               "(automatic when there is no display).")
+@click.option("--every", type=click.FloatRange(min=0.0), default=0.0, metavar="SECONDS",
+              help="Camera, headless: print at most one line every SECONDS (the journal of a "
+                   "service need not get 30 lines a second); 0 prints every frame.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Camera: stop after N frames.")
 @click.option("--duration", type=click.FloatRange(min=0.0, min_open=True),
               help="Camera: stop after S seconds.")
@@ -242,7 +249,7 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
               help="Camera: play a video file at its own frame rate, as a camera would deliver it.")
 @traceback_option
 def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
-         camera, camera_size, camera_fps, full_frame, smooth, headless, max_frames, duration,
+         camera, camera_size, camera_fps, full_frame, smooth, headless, every, max_frames, duration,
          reconnect, realtime, show_traceback):
     fmt = fmt or "table"
 
@@ -255,7 +262,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                               fmt=fmt, full_frame=full_frame, smooth=smooth,
                               min_confidence=min_confidence, reconnect=reconnect,
                               max_frames=max_frames, duration=duration, realtime=realtime,
-                              size=camera_size, fps=camera_fps)
+                              size=camera_size, fps=camera_fps, every=every)
         from .inputs import expand_sources
 
         save_dir = Path(save) if save else None

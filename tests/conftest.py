@@ -26,6 +26,15 @@ def folder_dataset(tmp_path) -> Path:
     return write_folder_dataset(tmp_path / "cifar10")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    # Session-scoped fixtures (the shared export) decode data too: never into the user's cache.
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CIFAR_EDGE_CACHE", str(tmp_path_factory.mktemp("session-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     # Each test gets its own decode cache, so tests never see each other's arrays.
