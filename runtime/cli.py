@@ -4,6 +4,7 @@
 Images:  cifar-run photos/ cat.jpg 'shots/*.png' [--json|--csv]
                    [--save DIR] [--grid FILE.png]
 Camera:  cifar-run --camera 0 [--headless] [--save out.mp4] [--max-frames N]
+Browser: cifar-run --camera 0 --serve 8000   (cifar-serve: the upload page alone)
 
 With no --model the model bundled in the package is used; with no SOURCES the sample images
 bundled in the package are classified.
@@ -13,18 +14,21 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import bundled
-from .cli_support import run_cli, traceback_option
-from .errors import ExitCode, SourceError
+from .cli_support import SignalStop, run_cli, traceback_option
+from .errors import ExitCode, OptionError, SourceError
 from .providers import PROVIDER_HELP
+from .serve_cli import auth_options
+
+if TYPE_CHECKING:
+    from .web import ServeConfig
 
 PROG = "cifar-run"
 SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -60,6 +64,18 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
     if not (sep and width.isdigit() and height.isdigit() and int(width) >= 2 and int(height) >= 2):
         raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 640x480")
     return int(width), int(height)
+
+
+def _parse_address(value: str | None) -> tuple[str, int] | None:
+    """"8000" -> ("127.0.0.1", 8000), "0.0.0.0:8000" -> ("0.0.0.0", 8000): a usage error otherwise."""
+    if value is None:
+        return None
+    from .web import parse_address
+
+    try:
+        return parse_address(value)
+    except OptionError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _format_top_k(prediction) -> str:
@@ -127,27 +143,27 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
 def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, full_frame: bool,
                smooth: int, min_confidence: float, reconnect: int, max_frames: int | None,
                duration: float | None, realtime: bool = False,
-               size: tuple[int, int] | None = None, fps: int | None = None, every: float = 0.0) -> int:
+               size: tuple[int, int] | None = None, fps: int | None = None, every: float = 0.0,
+               serve: "ServeConfig | None" = None) -> int:
     """The live loop: classify, overlay, show or print, save. Stops cleanly on q/Esc,
     Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video.
     ``size`` and ``fps`` are for picam and csi:// cameras; headless, a line is printed at most
-    every ``every`` seconds (0: every frame)."""
+    every ``every`` seconds (0: every frame). With ``serve``, a web server shows the stream,
+    the live prediction and an upload (runtime.web) while the loop runs."""
     from . import video
 
-    stop = threading.Event()
-    signalled: list[int] = []
-
-    def on_signal(signum, _frame):
-        signalled.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    source = saver = window = None
+    signals = SignalStop().install()
+    stop = signals.event  # set by Ctrl+C, SIGTERM or the q key
+    source = saver = window = server = None
     try:
         source = video.open_source(spec, size=size, fps=fps)
         _note(clf.describe())  # after the source opened: a failure to open stays one line
         if save is not None:
             saver = video.VideoSaver(save, fps=getattr(source, "fps", None) or 30.0)
+        if serve is not None:
+            from .web import WebServer
+
+            server = WebServer(clf, serve, live=True, log=_note).start()
         window = None if headless else video.Window.try_open(f"{PROG} {spec}")
         if window is None and not headless:
             _note("no display: running headless")
@@ -159,6 +175,8 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
                 pace_fps=(getattr(source, "fps", None) or 30.0) if realtime and not source.live else None,
                 stop=stop):
             frames += 1
+            if server is not None:
+                server.publish(result)  # never waits on the viewers
             if saver is not None or window is not None:  # printing alone needs no OpenCV
                 annotated = video.annotate_frame(result.frame_bgr, result)
             if saver is not None:
@@ -190,8 +208,9 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
                 key = window.wait_key(50)
         _note(f"{frames} frame(s) classified")
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        signals.restore()
+        if server is not None:
+            server.close()
         if window is not None:
             window.close()
         if source is not None:
@@ -200,8 +219,8 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
             written = saver.close()
             if written:
                 _note(f"wrote {written} ({saver.frames} frames)")
-    if signalled:
-        _note("stopped by " + signal.Signals(signalled[0]).name)
+    if signals.name:
+        _note(f"stopped by {signals.name}")
         return ExitCode.INTERRUPTED
     return ExitCode.OK
 
@@ -247,22 +266,36 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
               help="Camera: reopen a live source that stops delivering frames this many times.")
 @click.option("--realtime", is_flag=True,
               help="Camera: play a video file at its own frame rate, as a camera would deliver it.")
+@click.option("--serve", metavar="[HOST:]PORT", callback=lambda _c, _p, v: _parse_address(v),
+              help="Camera: also serve the live view, the prediction and an upload in a browser "
+                   "on PORT (127.0.0.1 unless HOST is given; any other HOST needs a token).")
+@auth_options
 @traceback_option
 def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
          camera, camera_size, camera_fps, full_frame, smooth, headless, every, max_frames, duration,
-         reconnect, realtime, show_traceback):
+         reconnect, realtime, serve, token, no_auth, show_traceback):
     fmt = fmt or "table"
 
     def body() -> int:
+        if serve is None and (token is not None or no_auth):
+            raise click.UsageError("--token and --no-auth go with --serve")
         if camera is not None:
             if sources or grid:
                 raise click.UsageError("--camera cannot be combined with image SOURCES or --grid")
+            serve_config = None
+            if serve is not None:
+                from .web import ServeConfig
+
+                serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
             clf = _load_classifier(model, provider, threads, top_k)
             return run_camera(clf, camera, save=Path(save) if save else None, headless=headless,
                               fmt=fmt, full_frame=full_frame, smooth=smooth,
                               min_confidence=min_confidence, reconnect=reconnect,
                               max_frames=max_frames, duration=duration, realtime=realtime,
-                              size=camera_size, fps=camera_fps, every=every)
+                              size=camera_size, fps=camera_fps, every=every, serve=serve_config)
+        if serve is not None:
+            raise click.UsageError("--serve needs --camera SRC; to classify uploaded images "
+                                   "without a camera, run cifar-serve")
         from .inputs import expand_sources
 
         save_dir = Path(save) if save else None

@@ -1,0 +1,12 @@
+"""Live view and upload in the browser, on the standard library's HTTP server.
+
+``WebServer(classifier, ServeConfig(...), live=True)`` serves a page with the camera's
+annotated stream and its live top-k, an MJPEG stream, the newest prediction as JSON, and an
+upload that classifies any image; ``cifar-run --camera SRC --serve PORT`` and ``cifar-serve``
+are its commands. No OpenCV here: frames are drawn and encoded with Pillow.
+"""
+
+from .config import ServeConfig, is_loopback, parse_address
+from .server import ServeError, WebServer
+
+__all__ = ["ServeConfig", "ServeError", "WebServer", "is_loopback", "parse_address"]

@@ -1,0 +1,168 @@
+"""Uploaded images -> predictions: the request body, its images, each decoded in memory and
+classified by ``Classifier.predict`` (never written to disk).
+
+A body is either ``multipart/form-data`` with one or more files in the field ``image`` (what a
+``<form>`` and ``FormData`` send) or the raw bytes of one image (``curl --data-binary``).
+Whatever goes wrong becomes a RequestError carrying its HTTP status.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+from dataclasses import dataclass
+from email.message import Message
+from http import HTTPStatus
+
+from PIL import ExifTags, Image
+
+from .. import preprocess
+from ..errors import CifarEdgeError
+
+FIELD = "image"  # the multipart field the form and the API use
+# Besides image/*, the types of a body that is one image: curl --data-binary sends the third.
+RAW_TYPES = ("application/octet-stream", "", "application/x-www-form-urlencoded")
+THUMBNAIL = 256  # px: the longest side of the picture on the no-JavaScript results page
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+class RequestError(CifarEdgeError):
+    """A request the server refuses, with the HTTP status that says why."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str  # the file name the client gave, or "upload" for a raw body
+    data: bytes
+
+
+def read_uploads(content_type: str, body: bytes, max_files: int) -> list[Upload]:
+    """The images a request body carries, in order."""
+    if not body:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "empty request: send an image (multipart field "
+                           f"'{FIELD}', or the image's bytes as the body)")
+    header = _parse_header("Content-Type", content_type or "")
+    mime = header.get_content_type() if content_type else ""
+    if mime == "multipart/form-data":
+        uploads = _multipart_files(header.get_param("boundary"), body)
+    elif mime.startswith("image/") or mime in RAW_TYPES:
+        uploads = [Upload("upload", body)]
+    else:
+        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {mime} is not an "
+                           f"image: send multipart/form-data with the field '{FIELD}', or image/*")
+    if len(uploads) > max_files:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"{len(uploads)} files in one request; at most {max_files}")
+    return uploads
+
+
+def _parse_header(name: str, value: str) -> Message:
+    header = Message()
+    header[name] = value
+    return header
+
+
+def _multipart_files(boundary: str | None, body: bytes) -> list[Upload]:
+    """The files of field FIELD in a multipart/form-data body (RFC 7578)."""
+    if not boundary:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "multipart/form-data without a boundary")
+    chunks = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))
+    if len(chunks) < 3:  # a preamble, at least one part, and the closing delimiter
+        raise RequestError(HTTPStatus.BAD_REQUEST, "malformed multipart body: its boundary "
+                           "does not delimit any part")
+    uploads = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "malformed multipart body: a part has no "
+                               "blank line after its headers")
+        disposition = next((line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-disposition:")), b"")
+        part = _parse_header("Content-Disposition", disposition.decode("utf-8", "replace").strip())
+        if part.get_param("name", header="content-disposition") != FIELD:
+            continue  # other form fields are ignored
+        filename = part.get_filename()
+        if not filename and not data:
+            continue  # a form sent with no file picked
+        uploads.append(Upload(filename or "upload", data))
+    if not uploads:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"no file in the multipart field '{FIELD}'")
+    return uploads
+
+
+def open_image(upload: Upload, draft_size: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``upload`` in memory, as ``preprocess.load_image`` decodes a file (the same pixel
+    limit, JPEG draft mode), and return it with its upright (width, height). EXIF
+    orientation and the conversion to RGB are left to ``load_image``, which ``predict`` calls."""
+    if not upload.data:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{upload.name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(upload.data))
+            width, height = image.size
+            if width * height > preprocess.MAX_PIXELS:
+                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{upload.name}: {width}x"
+                                   f"{height} pixels is over the {preprocess.MAX_PIXELS:,} pixel limit")
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"{upload.name}: refused as a possible decompression bomb") from None
+    except Image.UnidentifiedImageError:
+        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                           f"{upload.name}: not an image (JPEG, PNG, WebP, GIF, BMP, TIFF ...)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{upload.name}: corrupt or truncated image "
+                           f"({exc})") from None
+    if image.getexif().get(ExifTags.Base.Orientation) in _ROTATED:
+        width, height = height, width
+    return image, (width, height)
+
+
+def classify_upload(classifier, upload: Upload, *, thumbnail: bool = False) -> dict:
+    """One upload -> {"name", "width", "height", "label", "confidence", "top_k", "infer_ms"}
+    (+ "thumbnail", a data: URL, when asked for). Decoded as ``cifar-run FILE`` decodes it."""
+    contract = classifier.contract
+    # Drafted as preprocess.prepare drafts a file: to twice the model's input size.
+    image, (width, height) = open_image(upload, (contract.width * 2, contract.height * 2))
+    prediction = classifier.predict(image)
+    result = {"name": upload.name, "width": width, "height": height, **prediction.to_dict(),
+              "infer_ms": round(prediction.infer_ms, 3)}
+    if thumbnail:
+        result["thumbnail"] = thumbnail_url(upload)
+    return result
+
+
+def thumbnail_url(upload: Upload) -> str:
+    """A small upright JPEG of ``upload`` as a data: URL, for a page that cannot show the
+    file the browser still holds (no JavaScript)."""
+    image, _ = open_image(upload, (THUMBNAIL, THUMBNAIL))
+    image = preprocess.load_image(image)  # upright RGB
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def classify_uploads(classifier, uploads: list[Upload], *, thumbnails: bool = False) -> list[dict]:
+    """Each upload's result, or {"name", "error", "status"} for one that failed: a bad file
+    never stops the others."""
+    results = []
+    for upload in uploads:
+        try:
+            results.append(classify_upload(classifier, upload, thumbnail=thumbnails))
+        except RequestError as exc:
+            results.append({"name": upload.name, "error": str(exc), "status": int(exc.status)})
+        except CifarEdgeError as exc:  # load_image's own checks: a file Pillow cannot convert
+            results.append({"name": upload.name, "error": str(exc),
+                            "status": int(HTTPStatus.BAD_REQUEST)})
+    return results
