@@ -226,3 +226,15 @@ def test_download_error_shows_what_went_wrong_not_a_bare_exception(monkeypatch):
     message = str(caught.value)
     assert "URL fetch failure on https://www.cs.toronto.edu" in message and "Temporary failure" in message
     assert "Exception" not in message and "pass --data DIR" in message
+
+
+def test_no_bar_without_a_terminal_or_without_tqdm(monkeypatch):
+    from train.progress import progress_bar
+
+    with progress_bar(10, "x", "img", quiet=True) as bar:  # no terminal wanted: nothing drawn
+        bar.update(3)
+        assert bar.disable
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # the runtime-only install has no tqdm
+    with progress_bar(10, "x", "img", quiet=False) as bar:
+        bar.update(3)
+        assert bar.disable

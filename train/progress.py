@@ -20,12 +20,37 @@ def bars_wanted(quiet: bool | None = None) -> bool:
         return False
 
 
-def progress_bar(total: int, desc: str, unit: str, quiet: bool | None = None):
-    """A tqdm bar on stderr, or a disabled one (same methods, draws nothing)."""
-    from tqdm.auto import tqdm
+class _NoBar:
+    """What ``progress_bar`` gives when no bar is drawn: tqdm's methods, doing nothing."""
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
-                dynamic_ncols=True, disable=not bars_wanted(quiet))
+    disable = True
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **_) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str, quiet: bool | None = None):
+    """A tqdm bar on stderr, or a bar that draws nothing (same methods) when bars are not
+    wanted or tqdm is not installed (the runtime-only install reads data without it)."""
+    if not bars_wanted(quiet):
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def plural(n: int, noun: str) -> str:
