@@ -95,11 +95,11 @@ def gpu_install_hint(l4t: tuple[int, int] | None = None) -> str:
     if l4t is None:
         return (f"install NVIDIA's onnxruntime-gpu: on a Jetson with JetPack 6.1/6.2, "
                 f"{_JETPACK6_INSTALL}; elsewhere `pip install onnxruntime-gpu`; "
-                "see docs/devices.md#jetson")
+                "see docs/jetson.md")
     if (36, 4) <= l4t < (37, 0):
-        return f"install NVIDIA's onnxruntime-gpu for JetPack 6.1/6.2: {_JETPACK6_INSTALL}; see docs/devices.md#jetson"
+        return f"install NVIDIA's onnxruntime-gpu for JetPack 6.1/6.2: {_JETPACK6_INSTALL}; see docs/jetson.md"
     return (f"install NVIDIA's onnxruntime-gpu wheel for this JetPack (L4T R{l4t[0]}.{l4t[1]}) from "
-            f"https://pypi.jetson-ai-lab.io or {JETSON_ZOO}; see docs/devices.md#jetson")
+            f"https://pypi.jetson-ai-lab.io or {JETSON_ZOO}; see docs/jetson.md")
 
 
 # -- the options of the GPU providers -------------------------------------------------------------

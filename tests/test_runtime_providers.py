@@ -170,7 +170,7 @@ def test_missing_gpu_provider_says_how_to_install_it(tiny_model, monkeypatch, pr
     assert line.startswith(f"execution provider '{provider}' is not available in this onnxruntime "
                            "build; available: cpu; install NVIDIA's onnxruntime-gpu: on a Jetson with JetPack 6")
     assert f"pip install onnxruntime-gpu --index-url {JETSON_INDEX}" in line
-    assert "pip uninstall onnxruntime" in line and "docs/devices.md#jetson" in line
+    assert "pip uninstall onnxruntime" in line and "docs/jetson.md" in line
 
 
 def test_install_hint_by_jetpack():
