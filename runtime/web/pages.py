@@ -54,7 +54,8 @@ def results_page(results: list[dict]) -> bytes:
     items = "\n".join(_result_item(r) for r in results)
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>cifar-edge: results</title><link rel="stylesheet" href="/static/app.css"></head>'
+            f'<title>cifar-edge: results</title><link rel="icon" href="data:,">'
+            f'<link rel="stylesheet" href="/static/app.css"></head>'
             f'<body><main><h1>cifar-edge</h1><section class="card"><h2>Results</h2>'
             f'<ul id="results" class="results">\n{items}\n</ul>'
             f'<p><a id="back" href="/">Classify more images</a></p></section></main></body></html>\n'

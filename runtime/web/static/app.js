@@ -80,6 +80,10 @@
     picture.alt = file.name;
     picture.src = URL.createObjectURL(file);
     picture.addEventListener("load", () => URL.revokeObjectURL(picture.src), { once: true });
+    picture.addEventListener("error", () => { // not a picture the browser shows: an empty box
+      URL.revokeObjectURL(picture.src);
+      picture.replaceWith(element("div", "thumb"));
+    }, { once: true });
     const meta = element("div", "meta");
     const parts = {
       label: element("span", "result-label", "…"),
