@@ -7,6 +7,7 @@ this module only turns any image into raw RGB pixels of the size the model expec
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -29,12 +30,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 ImageSource = Union[str, os.PathLike, Image.Image]
 
+# Before the final anti-aliased resize, a large image is box-reduced by an integer factor that
+# leaves it at least this many times the target size (Pillow's reducing_gap): one cheap pass in
+# C instead of a filter hundreds of pixels wide. Pillow calls 3.0 indistinguishable from the
+# full resize in most cases.
+REDUCING_GAP = 3.0
+
+# Arrays (camera frames) with more than this many rows per output row are read every n-th row
+# (640x480 every 2nd, 1920x1080 every 4th): Pillow's cost is per pixel read, and 7 rows per
+# output row still gave the old full resize's label on 99% of CIFAR-10 frames, as often as a
+# second noise draw of the same frame does (scripts/bench_frame_path.py, docs/running.md).
+ROWS_PER_OUTPUT_ROW = 7
+
+# Pillow filter for each contract "resample" name, and how far it reaches on each side of an
+# output pixel, in output pixels (so the source pixels a box's resize reads can be cut out).
 _RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
+    "nearest": (Image.Resampling.NEAREST, 0.0),
+    "box": (Image.Resampling.BOX, 0.5),
+    "bilinear": (Image.Resampling.BILINEAR, 1.0),
+    "bicubic": (Image.Resampling.BICUBIC, 2.0),
+    "lanczos": (Image.Resampling.LANCZOS, 3.0),
 }
 
 
@@ -103,29 +118,41 @@ def load_image(source: ImageSource, draft_size: tuple[int, int] | None = None) -
     return _to_rgb(image)
 
 
-def resize_to_input(image_rgb: Image.Image, contract: InputContract) -> Image.Image:
-    """Apply the contract's resize policy: centre-crop to the aspect, then resize."""
-    target_w, target_h = contract.width, contract.height
-    w, h = image_rgb.size
-    if contract.resize == "center-crop":
-        # Largest centred box with the target's aspect ratio.
-        target_aspect = target_w / target_h
-        if w / h > target_aspect:
-            crop_w, crop_h = round(h * target_aspect), h
-        else:
-            crop_w, crop_h = w, round(w / target_aspect)
-        left, top = (w - crop_w) // 2, (h - crop_h) // 2
-        box = (left, top, left + crop_w, top + crop_h)
-    elif contract.resize == "stretch":
-        box = (0, 0, w, h)
-    else:
+def _resample(contract: InputContract) -> tuple[Image.Resampling, float]:
+    """The contract's Pillow filter and its reach in output pixels (bicubic if unknown)."""
+    return _RESAMPLE.get(contract.resample, _RESAMPLE["bicubic"])
+
+
+def crop_box(width: int, height: int, contract: InputContract) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of a width x height image that the contract's resize
+    policy maps onto the model's input: the largest centred box of its aspect, or everything."""
+    if contract.resize == "stretch":
+        return (0, 0, width, height)
+    if contract.resize != "center-crop":
         raise ImageError(f"unknown resize policy {contract.resize!r} in the model metadata")
-    if (w, h) == (target_w, target_h) and box == (0, 0, w, h):
-        return image_rgb
-    # Pillow's resize is anti-aliased when shrinking (its filters widen with the scale).
-    return image_rgb.resize(
-        (target_w, target_h), _RESAMPLE.get(contract.resample, Image.Resampling.BICUBIC), box=box
-    )
+    target_aspect = contract.width / contract.height
+    if width / height > target_aspect:
+        crop_w, crop_h = max(1, round(height * target_aspect)), height
+    else:
+        crop_w, crop_h = width, max(1, round(width / target_aspect))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return (left, top, left + crop_w, top + crop_h)
+
+
+def _resize_box(image: Image.Image, box: tuple[float, float, float, float],
+                contract: InputContract) -> Image.Image:
+    """Resize ``box`` of ``image`` to the model's size; an image already that size, box
+    whole, comes back as it is. Anti-aliased (the filter widens with the scale), after an
+    integer box reduction of large images (REDUCING_GAP)."""
+    size = (contract.width, contract.height)
+    if image.size == size and tuple(box) == (0, 0, *size):
+        return image
+    return image.resize(size, _resample(contract)[0], box=box, reducing_gap=REDUCING_GAP)
+
+
+def resize_to_input(image_rgb: Image.Image, contract: InputContract) -> Image.Image:
+    """Apply the contract's resize policy: resize its box (centre-crop or whole) to the model's size."""
+    return _resize_box(image_rgb, crop_box(*image_rgb.size, contract), contract)
 
 
 def prepare(source: ImageSource, contract: InputContract | None = None) -> np.ndarray:
@@ -136,15 +163,57 @@ def prepare(source: ImageSource, contract: InputContract | None = None) -> np.nd
     return np.asarray(resize_to_input(image, contract), dtype=np.uint8)
 
 
-def prepare_array(image_rgb: np.ndarray, contract: InputContract | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB array → (h, w, 3) uint8 RGB at the model's input size."""
-    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-        raise ImageError(f"expected an (H, W, 3) RGB array, got shape {image_rgb.shape}")
-    if image_rgb.dtype != np.uint8:
-        image_rgb = np.clip(image_rgb, 0, 255).astype(np.uint8)
-    # An array has no EXIF and is already RGB: straight to the resize (the per-frame path).
-    image = Image.fromarray(np.ascontiguousarray(image_rgb), mode="RGB")
-    return np.asarray(resize_to_input(image, contract or InputContract()), dtype=np.uint8)
+def _array_to_image(image_hwc: np.ndarray, box: tuple[int, int, int, int],
+                    contract: InputContract) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """The pixels of an (H, W, 3) uint8 array that resizing ``box`` reads, as a Pillow image,
+    and ``box`` in that image's coordinates.
+
+    Those pixels are the box and the filter's reach around it, from a tall box every n-th row
+    only (ROWS_PER_OUTPUT_ROW). Pillow's raw decoder reads them straight out of the array's
+    memory with its row stride: one pass over that part, no copy of the whole frame. Channels
+    are taken as they are (Pillow calls them RGB whatever they hold).
+    """
+    height, width = image_hwc.shape[:2]
+    left, top, right, bottom = box
+    reach = _resample(contract)[1]
+    # In source px: the filter widens with the scale when shrinking, never below its own width.
+    reach_x = math.ceil(reach * max(1.0, (right - left) / contract.width))
+    reach_y = math.ceil(reach * max(1.0, (bottom - top) / contract.height))
+    x0, y0 = max(0, left - reach_x), max(0, top - reach_y)
+    x1, y1 = min(width, right + reach_x), min(height, bottom + reach_y)
+    step = max(1, (bottom - top) // (contract.height * ROWS_PER_OUTPUT_ROW))
+    region = image_hwc[y0:y1:step, x0:x1]  # a view: (h, w, 3) uint8
+    if region.strides[1:] != (3, 1) or region.strides[0] <= 0:
+        region = np.ascontiguousarray(region)  # a mirrored or channel-reversed view: copy it
+    h, w = region.shape[:2]
+    row_bytes = region.strides[0]
+    # The decoder wants one flat buffer: the bytes from the region's first pixel to its last.
+    flat = np.lib.stride_tricks.as_strided(region, shape=((h - 1) * row_bytes + w * 3,), strides=(1,))
+    image = Image.frombuffer("RGB", (w, h), flat, "raw", "RGB", row_bytes, 1)
+    return image, (left - x0, (top - y0) / step, right - x0, (bottom - y0) / step)
+
+
+def prepare_array(image_hwc: np.ndarray, contract: InputContract | None = None,
+                  color_order: str = "RGB") -> np.ndarray:
+    """(H, W, 3) array in ``color_order`` ("RGB" or "BGR") → (h, w, 3) uint8 RGB at the
+    model's input size. An image already at that size comes back with its pixels unchanged.
+    """
+    contract = contract or InputContract()
+    if color_order not in ("RGB", "BGR"):
+        raise ImageError(f"color_order must be 'RGB' or 'BGR', got {color_order!r}")
+    what = "BGR frame" if color_order == "BGR" else "RGB array"
+    if image_hwc.ndim != 3 or image_hwc.shape[2] != 3:
+        raise ImageError(f"expected an (H, W, 3) {what}, got shape {image_hwc.shape}")
+    if image_hwc.shape[0] == 0 or image_hwc.shape[1] == 0:
+        raise ImageError(f"empty {what}: shape {image_hwc.shape}")
+    if image_hwc.dtype != np.uint8:
+        image_hwc = np.clip(image_hwc, 0, 255).astype(np.uint8)
+    # An array has no EXIF: the resize only. Resizing works channel by channel, so a BGR
+    # frame is resized as it is and only the (h, w, 3) result has its channels swapped.
+    image, box = _array_to_image(image_hwc, crop_box(image_hwc.shape[1], image_hwc.shape[0], contract),
+                                 contract)
+    out = np.asarray(_resize_box(image, box, contract), dtype=np.uint8)  # (h, w, 3) in color_order
+    return np.ascontiguousarray(out[:, :, ::-1]) if color_order == "BGR" else out  # the one BGR->RGB
 
 
 def to_batch(images_hwc: list[np.ndarray] | np.ndarray, contract: InputContract | None = None) -> np.ndarray:
