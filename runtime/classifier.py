@@ -141,10 +141,8 @@ class Classifier:
             return preprocess.prepare(image, contract)
         if image_rgb is not None:
             return preprocess.prepare_array(np.asarray(image_rgb), contract)
-        frame_bgr = np.asarray(frame_bgr)
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
-            raise ImageError(f"expected an (H, W, 3) BGR frame, got shape {frame_bgr.shape}")
-        return preprocess.prepare_array(frame_bgr[:, :, ::-1], contract)  # the one BGR->RGB
+        # The frame is resized in BGR; preprocess swaps the channels of the small result only.
+        return preprocess.prepare_array(np.asarray(frame_bgr), contract, color_order="BGR")
 
     def run(self, prepared_hwc: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, float]:
         """Prepared images -> ((N, num_classes) probabilities, milliseconds in onnxruntime)."""
