@@ -137,7 +137,7 @@ def peak_rss_mb() -> float | None:
 def _calls(clf, images_rgb: list[np.ndarray], batch: int) -> dict[str, Callable[[], object]]:
     """The call each of APIS makes on ``batch`` prepared images, ready to be timed."""
     chosen = [images_rgb[i % len(images_rgb)] for i in range(batch)]  # (H, W, 3) uint8 RGB each
-    feed = {clf.input_name: preprocess.to_batch(chosen, clf.contract)}  # (N, H, W, 3) float32
+    batch_nhwc = preprocess.to_batch(chosen, clf.contract)  # (N, H, W, 3) float32
     if batch == 1:
         def through_classifier():
             return clf.predict(image_rgb=chosen[0])
@@ -145,7 +145,7 @@ def _calls(clf, images_rgb: list[np.ndarray], batch: int) -> dict[str, Callable[
         def through_classifier():
             return clf.predict_batch(chosen, batch_size=batch)
     return {"classifier": through_classifier,
-            "onnxruntime": lambda: clf.session.run([clf.output_name], feed)}
+            "onnxruntime": lambda: clf.infer(batch_nhwc)}
 
 
 def _timings(clf, images_rgb: list[np.ndarray], config: BenchConfig, budget: _Budget,

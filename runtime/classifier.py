@@ -148,16 +148,19 @@ class Classifier:
         """Prepared images -> ((N, num_classes) probabilities, milliseconds in onnxruntime)."""
         batch = preprocess.to_batch(prepared_hwc, self.contract)  # (N, H, W, 3) float32 0-255
         start = time.perf_counter()
-        # A model exported with a fixed batch dimension takes exactly that many images a call.
-        out = predict_in_batches(self._infer, batch, self.fixed_batch or max(1, len(batch)))
+        if self.fixed_batch in (None, len(batch)):  # the common case, one call: no per-call overhead
+            out = self.infer(batch)
+        else:  # a model exported with a fixed batch dimension takes exactly that many images a call
+            out = predict_in_batches(self.infer, batch, self.fixed_batch)
         ms = (time.perf_counter() - start) * 1000.0
         out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
         if self.output_kind == "logits":
             out = _softmax(out)
         return out, ms
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+    def infer(self, batch_nhwc: np.ndarray) -> np.ndarray:
+        """onnxruntime alone: the model's raw output for a ready (N, H, W, 3) float32 batch."""
+        return self.session.run([self.output_name], {self.input_name: batch_nhwc})[0]
 
     def top_from(self, probs: np.ndarray, ms: float = 0.0, top_k: int | None = None) -> Prediction:
         """(num_classes,) probabilities -> a Prediction with the top-k labels."""

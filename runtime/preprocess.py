@@ -208,6 +208,9 @@ def prepare_array(image_hwc: np.ndarray, contract: InputContract | None = None,
         raise ImageError(f"empty {what}: shape {image_hwc.shape}")
     if image_hwc.dtype != np.uint8:
         image_hwc = np.clip(image_hwc, 0, 255).astype(np.uint8)
+    if image_hwc.shape[:2] == (contract.height, contract.width):  # already the model's size:
+        out = image_hwc[:, :, ::-1] if color_order == "BGR" else image_hwc  # no resize, no Pillow
+        return np.ascontiguousarray(out)
     # An array has no EXIF: the resize only. Resizing works channel by channel, so a BGR
     # frame is resized as it is and only the (h, w, 3) result has its channels swapped.
     image, box = _array_to_image(image_hwc, crop_box(image_hwc.shape[1], image_hwc.shape[0], contract),
