@@ -33,7 +33,13 @@ class ModelError(CifarEdgeError):
 
 
 class ImageError(CifarEdgeError):
-    """An input image cannot be read or decoded."""
+    """An input image cannot be read or decoded. ``reason`` names the check that failed
+    ("missing", "empty", "too_large", "not_image", "corrupt"; "" for others), so a caller such
+    as the web server can answer with the matching status."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ProviderError(CifarEdgeError):

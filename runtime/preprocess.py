@@ -7,6 +7,7 @@ this module only turns any image into raw RGB pixels of the size the model expec
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -71,51 +72,59 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(source: ImageSource, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Open ``source`` (a path or a PIL image) as an upright 8-bit RGB PIL image.
+def load_image(source: ImageSource | bytes, draft_size: tuple[int, int] | None = None,
+               name: str | None = None) -> Image.Image:
+    """Open ``source`` (a path, a PIL image, or the bytes of an image file, e.g. an upload,
+    called ``name`` in messages) as an upright 8-bit RGB PIL image.
 
     EXIF orientation is applied. With ``draft_size``, JPEGs are decoded at a reduced scale
     no smaller than that size (Pillow's draft mode), which is much faster on a Pi.
-    Raises ImageError naming the file for anything unreadable.
+    Raises ImageError naming the file for anything unreadable; its ``reason`` says which
+    check failed ("missing", "empty", "too_large", "not_image", "corrupt").
     """
     if isinstance(source, Image.Image):
         image = source
-        name = "<PIL image>"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        image = _decode(io.BytesIO(source), name or "<image bytes>", len(source), draft_size)
     else:
         name = os.fspath(source)
         path = Path(name)
         if not path.exists():
-            raise ImageError(f"{name}: no such file")
+            raise ImageError(f"{name}: no such file", reason="missing")
         if path.is_dir():
-            raise ImageError(f"{name}: is a directory, not an image")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: empty file")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)
-                w, h = image.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(
-                        f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
-                        "(possible decompression bomb)"
-                    )
-                if draft_size is not None and image.format == "JPEG":
-                    image.draft("RGB", draft_size)
-                image.load()
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
-        except Image.UnidentifiedImageError:
-            raise ImageError(f"{name}: not an image Pillow can read") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+            raise ImageError(f"{name}: is a directory, not an image", reason="missing")
+        image = _decode(path, name, path.stat().st_size, draft_size)
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF must not make an otherwise good image unusable
         pass
     return _to_rgb(image)
+
+
+def _decode(file, name: str, size: int, draft_size: tuple[int, int] | None) -> Image.Image:
+    """Decode one image file (a path or a binary file object): the size limits, draft mode."""
+    if size == 0:
+        raise ImageError(f"{name}: empty file", reason="empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(file)
+            w, h = image.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
+                                 "(possible decompression bomb)", reason="too_large")
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})", reason="too_large") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read", reason="not_image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})", reason="corrupt") from None
+    return image
 
 
 def _resample(contract: InputContract) -> tuple[Image.Resampling, float]:

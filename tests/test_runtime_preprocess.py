@@ -149,3 +149,17 @@ def test_decompression_bomb(tmp_path):
     assert path.stat().st_size < 200_000
     with pytest.raises(ImageError, match="decompression bomb"):
         prepare(path)
+
+
+def test_bytes_decode_as_the_file_does_with_a_reason_for_each_refusal(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    from_file, from_bytes = load_image(path, (64, 64)), load_image(path.read_bytes(), (64, 64), name="photo.jpg")
+    assert from_file.size == from_bytes.size and np.array_equal(np.asarray(from_file), np.asarray(from_bytes))
+    for data, reason in ((b"", "empty"), (b"%PDF-1.4", "not_image"), (path.read_bytes()[:200], "corrupt")):
+        with pytest.raises(ImageError) as caught:
+            load_image(data, name="upload.bin")
+        assert caught.value.reason == reason and str(caught.value).startswith("upload.bin: ")
+    with pytest.raises(ImageError) as caught:
+        load_image(tmp_path / "nowhere.jpg")
+    assert caught.value.reason == "missing"

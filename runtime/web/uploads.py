@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
 from dataclasses import dataclass
 from email.message import Message
 from http import HTTPStatus
@@ -18,13 +17,12 @@ from http import HTTPStatus
 from PIL import ExifTags, Image
 
 from .. import preprocess
-from ..errors import CifarEdgeError
+from ..errors import CifarEdgeError, ImageError
 
 FIELD = "image"  # the multipart field the form and the API use
 # Besides image/*, the types of a body that is one image: curl --data-binary sends the third.
 RAW_TYPES = ("application/octet-stream", "", "application/x-www-form-urlencoded")
 THUMBNAIL = 256  # px: the longest side of the picture on the no-JavaScript results page
-_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class RequestError(CifarEdgeError):
@@ -97,35 +95,32 @@ def _multipart_files(boundary: str | None, body: bytes) -> list[Upload]:
     return uploads
 
 
-def open_image(upload: Upload, draft_size: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode ``upload`` in memory, as ``preprocess.load_image`` decodes a file (the same pixel
-    limit, JPEG draft mode), and return it with its upright (width, height). EXIF
-    orientation and the conversion to RGB are left to ``load_image``, which ``predict`` calls."""
-    if not upload.data:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{upload.name}: empty file")
+# preprocess.load_image's reasons for refusing a file, as HTTP statuses.
+_STATUS = {"empty": HTTPStatus.BAD_REQUEST, "too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+           "not_image": HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "corrupt": HTTPStatus.BAD_REQUEST}
+
+
+def open_image(upload: Upload, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode ``upload`` in memory with ``preprocess.load_image``, the decoder every file goes
+    through (the same pixel limit, JPEG draft mode, EXIF orientation, RGB); its refusals become
+    RequestErrors with their HTTP status."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(upload.data))
-            width, height = image.size
-            if width * height > preprocess.MAX_PIXELS:
-                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{upload.name}: {width}x"
-                                   f"{height} pixels is over the {preprocess.MAX_PIXELS:,} pixel limit")
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", draft_size)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"{upload.name}: refused as a possible decompression bomb") from None
-    except Image.UnidentifiedImageError:
-        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"{upload.name}: not an image (JPEG, PNG, WebP, GIF, BMP, TIFF ...)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{upload.name}: corrupt or truncated image "
-                           f"({exc})") from None
-    if image.getexif().get(ExifTags.Base.Orientation) in _ROTATED:
-        width, height = height, width
-    return image, (width, height)
+        return preprocess.load_image(upload.data, draft_size, name=upload.name)
+    except ImageError as exc:
+        status = _STATUS.get(exc.reason, HTTPStatus.BAD_REQUEST)
+        message = str(exc)
+        if exc.reason == "not_image":
+            message = f"{upload.name}: not an image (JPEG, PNG, WebP, GIF, BMP, TIFF ...)"
+        raise RequestError(status, message) from None
+
+
+def upright_size(upload: Upload) -> tuple[int, int]:
+    """(width, height) of a decodable upload as it is shown: its header's size, swapped for the
+    EXIF orientations that turn it a quarter (5-8)."""
+    with Image.open(io.BytesIO(upload.data)) as image:
+        width, height = image.size
+        rotated = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+    return (height, width) if rotated else (width, height)
 
 
 def classify_upload(classifier, upload: Upload, *, thumbnail: bool = False) -> dict:
@@ -133,7 +128,8 @@ def classify_upload(classifier, upload: Upload, *, thumbnail: bool = False) -> d
     (+ "thumbnail", a data: URL, when asked for). Decoded as ``cifar-run FILE`` decodes it."""
     contract = classifier.contract
     # Drafted as preprocess.prepare drafts a file: to twice the model's input size.
-    image, (width, height) = open_image(upload, (contract.width * 2, contract.height * 2))
+    image = open_image(upload, (contract.width * 2, contract.height * 2))  # upright RGB, drafted
+    width, height = upright_size(upload)  # the file's own size: drafting decoded it reduced
     prediction = classifier.predict(image)
     result = {"name": upload.name, "width": width, "height": height, **prediction.to_dict(),
               "infer_ms": round(prediction.infer_ms, 3)}
@@ -145,8 +141,7 @@ def classify_upload(classifier, upload: Upload, *, thumbnail: bool = False) -> d
 def thumbnail_url(upload: Upload) -> str:
     """A small upright JPEG of ``upload`` as a data: URL, for a page that cannot show the
     file the browser still holds (no JavaScript)."""
-    image, _ = open_image(upload, (THUMBNAIL, THUMBNAIL))
-    image = preprocess.load_image(image)  # upright RGB
+    image = open_image(upload, (THUMBNAIL, THUMBNAIL))  # upright RGB
     image.thumbnail((THUMBNAIL, THUMBNAIL))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
