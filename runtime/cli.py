@@ -16,6 +16,7 @@ import csv
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -140,39 +141,53 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
     return ExitCode.OK
 
 
-def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, full_frame: bool,
-               smooth: int, min_confidence: float, reconnect: int, max_frames: int | None,
-               duration: float | None, realtime: bool = False,
-               size: tuple[int, int] | None = None, fps: int | None = None, every: float = 0.0,
-               serve: "ServeConfig | None" = None) -> int:
-    """The live loop: classify, overlay, show or print, save. Stops cleanly on q/Esc,
-    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video.
-    ``size`` and ``fps`` are for picam and csi:// cameras; headless, a line is printed at most
-    every ``every`` seconds (0: every frame). With ``serve``, a web server shows the stream,
-    the live prediction and an upload (runtime.web) while the loop runs."""
+@dataclass(frozen=True)
+class CameraOptions:
+    """How the live loop runs (``cifar-run --camera``), each default the CLI's."""
+
+    save: Path | None = None  # annotated video to write (atomically, finished on any stop)
+    headless: bool = False  # no window: print a line per frame instead
+    fmt: str = "table"  # headless lines: "table" or "json"
+    full_frame: bool = False  # classify the whole frame, not its centre square
+    smooth: int = 1  # average probabilities over this many recent frames
+    min_confidence: float = 0.0  # below it the label is shown as uncertain
+    reconnect: int = 3  # reopen a live source that stops delivering this many times
+    max_frames: int | None = None  # stop after this many frames
+    duration: float | None = None  # stop after this many seconds
+    realtime: bool = False  # play a video file at its own frame rate
+    size: tuple[int, int] | None = None  # picam / csi:// frame size (W, H)
+    fps: int | None = None  # picam / csi:// frame rate
+    every: float = 0.0  # headless: at most one line every this many seconds (0: every frame)
+    serve: "ServeConfig | None" = None  # also serve the stream, the prediction and uploads
+
+
+def run_camera(clf, spec: str, options: CameraOptions = CameraOptions()) -> int:
+    """The live loop: classify, overlay, show or print, save, serve. Stops cleanly on q/Esc,
+    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video."""
     from . import video
 
+    o = options
     signals = SignalStop().install()
     stop = signals.event  # set by Ctrl+C, SIGTERM or the q key
     source = saver = window = server = None
     try:
-        source = video.open_source(spec, size=size, fps=fps)
+        source = video.open_source(spec, size=o.size, fps=o.fps)
         _note(clf.describe())  # after the source opened: a failure to open stays one line
-        if save is not None:
-            saver = video.VideoSaver(save, fps=getattr(source, "fps", None) or 30.0)
-        if serve is not None:
+        if o.save is not None:
+            saver = video.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
+        if o.serve is not None:
             from .web import WebServer
 
-            server = WebServer(clf, serve, live=True, log=_note).start()
-        window = None if headless else video.Window.try_open(f"{PROG} {spec}")
-        if window is None and not headless:
+            server = WebServer(clf, o.serve, live=True, log=_note).start()
+        window = None if o.headless else video.Window.try_open(f"{PROG} {spec}")
+        if window is None and not o.headless:
             _note("no display: running headless")
         _note(f"reading {'live source' if source.live else 'video file'} {spec}")
         frames, last_printed = 0, float("-inf")
         for result in video.classify_stream(
-                source, clf, full_frame=full_frame, smooth=smooth, min_confidence=min_confidence,
-                reconnect=reconnect, max_frames=max_frames, duration_s=duration,
-                pace_fps=(getattr(source, "fps", None) or 30.0) if realtime and not source.live else None,
+                source, clf, full_frame=o.full_frame, smooth=o.smooth, min_confidence=o.min_confidence,
+                reconnect=o.reconnect, max_frames=o.max_frames, duration_s=o.duration,
+                pace_fps=(getattr(source, "fps", None) or 30.0) if o.realtime and not source.live else None,
                 stop=stop):
             frames += 1
             if server is not None:
@@ -181,31 +196,11 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
                 annotated = video.annotate_frame(result.frame_bgr, result)
             if saver is not None:
                 saver.write(annotated)
-            if window is None:
-                if every and time.monotonic() - last_printed < every:
-                    continue
+            if window is not None:
+                _show(window, annotated, result, stop, video)
+            elif time.monotonic() - last_printed >= o.every:
                 last_printed = time.monotonic()
-                if fmt == "json":
-                    click.echo(json.dumps(result.to_dict()))
-                else:
-                    click.echo(f"frame {result.index:>6}  {result.label:<12} "
-                               f"{result.prediction.confidence:>6.1%}  "
-                               f"{result.infer_ms:6.1f} ms  {result.fps:5.1f} fps")
-                continue
-            key = window.show(annotated)
-            paused = False
-            while True:
-                if key in (ord("q"), 27):
-                    stop.set()
-                elif key == ord(" "):
-                    paused = not paused
-                elif key == ord("s"):
-                    shot = video.save_snapshot(annotated, f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}"
-                                               f"-{result.index}.png")
-                    _note(f"saved {shot}")
-                if not paused or stop.is_set():
-                    break
-                key = window.wait_key(50)
+                _print_frame(result, o.fmt)
         _note(f"{frames} frame(s) classified")
     finally:
         signals.restore()
@@ -223,6 +218,31 @@ def run_camera(clf, spec: str, *, save: Path | None, headless: bool, fmt: str, f
         _note(f"stopped by {signals.name}")
         return ExitCode.INTERRUPTED
     return ExitCode.OK
+
+
+def _print_frame(result, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(f"frame {result.index:>6}  {result.label:<12} {result.prediction.confidence:>6.1%}  "
+                   f"{result.infer_ms:6.1f} ms  {result.fps:5.1f} fps")
+
+
+def _show(window, annotated, result, stop, video) -> None:
+    """Show a frame; keys: q/Esc stop, space pauses (until pressed again), s saves a snapshot."""
+    key = window.show(annotated)
+    paused = False
+    while True:
+        if key in (ord("q"), 27):
+            stop.set()
+        elif key == ord(" "):
+            paused = not paused
+        elif key == ord("s"):
+            shot = video.save_snapshot(annotated, f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{result.index}.png")
+            _note(f"saved {shot}")
+        if not paused or stop.is_set():
+            return
+        key = window.wait_key(50)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
@@ -288,11 +308,11 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
             clf = _load_classifier(model, provider, threads, top_k)
-            return run_camera(clf, camera, save=Path(save) if save else None, headless=headless,
-                              fmt=fmt, full_frame=full_frame, smooth=smooth,
-                              min_confidence=min_confidence, reconnect=reconnect,
-                              max_frames=max_frames, duration=duration, realtime=realtime,
-                              size=camera_size, fps=camera_fps, every=every, serve=serve_config)
+            return run_camera(clf, camera, CameraOptions(
+                save=Path(save) if save else None, headless=headless, fmt=fmt, full_frame=full_frame,
+                smooth=smooth, min_confidence=min_confidence, reconnect=reconnect, max_frames=max_frames,
+                duration=duration, realtime=realtime, size=camera_size, fps=camera_fps, every=every,
+                serve=serve_config))
         if serve is not None:
             raise click.UsageError("--serve needs --camera SRC; to classify uploaded images "
                                    "without a camera, run cifar-serve")

@@ -149,7 +149,7 @@ def run_camera(clf, **kwargs):
     options = {"save": None, "headless": True, "fmt": "json", "full_frame": False, "smooth": 1,
                "min_confidence": 0.0, "reconnect": 0, "max_frames": 50, "duration": None,
                "size": (32, 32)}
-    return cli.run_camera(clf, "picam", **{**options, **kwargs})
+    return cli.run_camera(clf, "picam", cli.CameraOptions(**{**options, **kwargs}))
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
