@@ -72,19 +72,29 @@ def _fields(text: str) -> dict[str, str]:
     return fields
 
 
+def _read_cpuinfo() -> str:
+    try:
+        return CPUINFO.read_text(errors="replace")
+    except OSError:  # not Linux
+        return ""
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """Every feature flag the CPU reports (x86 "flags", arm64 "Features"); empty where the OS
+    reports none. ``cpuinfo``: the text of /proc/cpuinfo, default this machine's."""
+    # x86 says "flags", arm64 "Features".
+    fields = _fields(_read_cpuinfo() if cpuinfo is None else cpuinfo)
+    return set((fields.get("flags") or fields.get("features") or "").split())
+
+
 def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> CpuInfo:
     """This machine's CPU; ``cpuinfo`` (the text of /proc/cpuinfo) and ``machine``
     (platform.machine()) may be given to describe another one."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
+    cpuinfo = _read_cpuinfo() if cpuinfo is None else cpuinfo
     machine = machine or platform.machine()
     fields = _fields(cpuinfo)
-    # x86 says "flags", arm64 "Features". A Pi names its board in "Model" (on x86 that key is
-    # a number), other arm boards in "Hardware".
-    words = set((fields.get("flags") or fields.get("features") or "").split())
+    # A Pi names its board in "Model" (on x86 that key is a number), other arm boards in "Hardware".
+    words = cpu_flags(cpuinfo)
     board = fields.get("model", "")
     model = ((board if not board.isdigit() else "") or fields.get("model name")
              or fields.get("hardware") or platform.processor() or machine)

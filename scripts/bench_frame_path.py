@@ -38,6 +38,7 @@ from PIL import Image
 from runtime import preprocess
 from runtime.atomic import atomic_write
 from runtime.contract import InputContract
+from runtime.cpu import cpu_features
 
 FRAME_SIZES = ((640, 480), (1920, 1080))  # (width, height) px
 NOISE_SIGMA = 4.0  # grey levels of Gaussian noise added to every made-up frame, as a sensor would
@@ -302,13 +303,7 @@ def score_test_split(clf, files: list[tuple[Path, int]], batch: int = 500) -> di
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith(("model name", "Model"))]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+    return {"cpu": cpu_features().model, "cores": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(),
             **{pkg: metadata.version(pkg) for pkg in ("pillow", "numpy", "onnxruntime")},
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -216,3 +216,11 @@ def test_importing_bench_loads_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_cpu_flags_are_every_flag_the_cpu_reports():
+    from runtime.cpu import cpu_flags
+
+    assert cpu_flags(X86.format("avx512_bf16 amx_bf16")) == {"sse", "avx2", "fma", "avx512_bf16", "amx_bf16"}
+    assert "asimddp" in cpu_flags(PI.format(" asimddp", 5)) and "Raspberry" not in cpu_flags(PI.format("", 4))
+    assert cpu_flags("") == set()

@@ -156,17 +156,10 @@ def _dirac_init(model) -> None:
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return set()
-
-
 def resolve_precision(precision: str, flags: set[str] | None = None) -> str:
     """"auto" → "mixed_bfloat16" where the CPU (``flags``, default this machine's) has bfloat16
     instructions, else "float32". Other names pass through or are refused."""
+    from runtime.cpu import cpu_flags
     from runtime.errors import CifarEdgeError
 
     if precision not in PRECISIONS:
