@@ -34,7 +34,7 @@ SHIPPED_PAGE = REPO / "docs" / "shipped-model.md"  # the full figures
 BEGIN, END = "<!-- shipped-model:begin -->", "<!-- shipped-model:end -->"
 
 # The recipe of the shipped model (train.config.TrainConfig fields).
-RECIPE = dict(model="default", seed=0)  # other fields: TrainConfig defaults
+RECIPE = dict(model="default", seed=0, val_images=1000)  # other fields: TrainConfig defaults
 
 
 def step(name: str):

@@ -12,15 +12,21 @@ CUTOUT_FILL = (125, 123, 114)
 
 
 def augment_epoch(images: np.ndarray, rng: np.random.Generator, translate: int = 2,
-                  flip: bool = True, cutout: int = 0) -> np.ndarray:
+                  flip: bool | np.ndarray = True, cutout: int = 0) -> np.ndarray:
     """images: (N, H, W, 3) uint8 → a new augmented (N, H, W, 3) uint8 array.
 
+    flip: True mirrors a random half of the images; a boolean array of N says which ones
+    (``alternating_flips``); False mirrors none.
     cutout > 0 paints one ``cutout``×``cutout`` square per image, placed uniformly at random
     inside the image, with ``CUTOUT_FILL``.
     """
     n, h, w, _ = images.shape
     out = images.copy()
-    if flip:
+    if isinstance(flip, np.ndarray):
+        if flip.shape != (n,):
+            raise ValueError(f"flip mask of shape {flip.shape} for {n} images")
+        out[flip] = out[flip, :, ::-1]
+    elif flip:
         flips = rng.random(n) < 0.5
         out[flips] = out[flips, :, ::-1]
     if translate > 0:
@@ -45,3 +51,11 @@ def augment_epoch(images: np.ndarray, rng: np.random.Generator, translate: int =
         out[mask] = np.array(CUTOUT_FILL, dtype=out.dtype)
     return out
 
+
+
+def alternating_flips(n_images: int, seed: int, epoch: int) -> np.ndarray:
+    """airbench's flip: a fixed random half of the ``n_images`` (by index, from ``seed``) is
+    mirrored in even epochs and the other half in odd ones, so every image is seen both ways
+    in turn. Returns which images to mirror in ``epoch`` (0-based), indexed like the data."""
+    fixed = np.random.default_rng([seed, 2]).random(n_images) < 0.5
+    return fixed if epoch % 2 == 0 else ~fixed

@@ -12,7 +12,7 @@ class TrainConfig:
     model: str = "default"  # a name in train.models.MODELS
     # The optimizer follows airbench94 (KellerJordan/cifar10-airbench), translated from its
     # summed-loss PyTorch form to Keras' mean loss, and run for longer on a narrower network.
-    epochs: int = 50  # full passes over the training split
+    epochs: int = 80  # full passes over the training split
     batch_size: int = 1024  # images per step, summed over replicas
     lr: float = 1.5  # peak learning rate (SGD on the mean loss)
     momentum: float = 0.85  # Nesterov momentum
@@ -24,7 +24,16 @@ class TrainConfig:
     lookahead: bool = True  # every 5 steps, pull weights to their running average (airbench)
     label_smoothing: float = 0.2  # spreads 20% of the target over all classes
     translate: int = 2  # pixels of random pad-and-crop translation (reflect padding)
-    flip: bool = True  # random horizontal flips
+    flip: bool = True  # horizontal flips
+    # airbench's flip: each image gets one random flip, inverted every other epoch, so it is
+    # seen both ways in turn (False: a fresh coin per image per epoch).
+    alternate_flip: bool = True
+    # airbench's whitening bias: the fixed whitening conv gets a bias, trained for this many
+    # epochs, then frozen (0: no bias is trained).
+    whiten_bias_epochs: int = 3
+    # Weight decay on BatchNorm biases too, scaled down by bias_lr_scale so that their decay per
+    # step equals the kernels' (airbench); False: BatchNorm biases are not decayed.
+    bias_decay: bool = True
     cutout: int = 12  # side of a random square painted the mean colour in each image (0: off)
     # "auto": mixed_bfloat16 where the CPU has bfloat16 instructions (avx512_bf16/amx_bf16;
     # twice as fast as float32 on this project's training machine), else float32.
@@ -43,10 +52,12 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
+        """The config saved in ``path``; a field it predates takes the value that reproduces
+        the run as it was trained (``LEGACY``), not today's default."""
         raw = json.loads(Path(path).read_text())
         raw = raw.get("config", raw)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(**{**LEGACY, **{k: v for k, v in raw.items() if k in known}})
 
     def with_(self, **changes) -> "TrainConfig":
         return replace(self, **changes)
@@ -65,3 +76,7 @@ RECIPES: dict[str, dict] = {
     # quick look at a new dataset. Fewer epochs have no room for cutout's regularisation.
     "quick": {"epochs": 6, "cutout": 0},
 }
+
+
+# Fields added after runs were already saved, with the value those runs trained with.
+LEGACY: dict[str, object] = {"alternate_flip": False, "whiten_bias_epochs": 0, "bias_decay": False}

@@ -24,7 +24,7 @@ from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError
 
 from . import runfolder
-from .augment import augment_epoch
+from .augment import alternating_flips, augment_epoch
 from .config import TrainConfig
 from .data import Cifar10, check_data_path, load_cifar10, take_slice
 from .models import as_float32, build_model, resolve_precision
@@ -170,7 +170,9 @@ def _build_or_load(config: TrainConfig, run_dir: Path, resume: bool, strategy, s
         if resume:
             return keras.saving.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
         model = build_model(config.model, num_classes=n_classes, train_images=split.x_train,
-                            weight_decay=config.weight_decay)
+                            weight_decay=config.weight_decay,
+                            bias_weight_decay=config.weight_decay / config.bias_lr_scale if config.bias_decay else 0.0,
+                            whiten_bias=config.whiten_bias_epochs > 0)
         compile_model(model, config, steps_per_epoch)
         return model
 
@@ -235,7 +237,10 @@ def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first
     # The epoch's data depends only on (seed, epoch): a resumed run sees the same batches.
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(split.x_train))
-    x_epoch = augment_epoch(split.x_train[order], rng, config.translate, config.flip, config.cutout)
+    flip = config.flip
+    if flip and config.alternate_flip:
+        flip = alternating_flips(len(split.x_train), config.seed, epoch)[order]
+    x_epoch = augment_epoch(split.x_train[order], rng, config.translate, flip, config.cutout)
     y_epoch = np.eye(int(model.output_shape[-1]), dtype=np.float32)[split.y_train[order]]
     skip = first_step * config.batch_size
     bar = progress_bar(steps_per_epoch - first_step, f"epoch {epoch + 1}/{config.epochs}", "step", quiet)
@@ -288,7 +293,8 @@ def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
     total = steps_per_epoch * config.epochs
     schedule = OneCycle(config.lr, total, int(total * config.warmup), config.final_lr, config.start_lr)
     optimizer = BiasScaledSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True,
-                              bias_lr_scale=config.bias_lr_scale)
+                              bias_lr_scale=config.bias_lr_scale,
+                              whiten_bias_steps=steps_per_epoch * config.whiten_bias_epochs)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),

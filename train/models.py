@@ -58,6 +58,7 @@ def _l2(keras, weight_decay: float):
 
 
 def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, logit_scale: float = 1 / 9,
+               bias_weight_decay: float = 0.0,
                **_) -> "keras.Model":
     """~25k parameters: an epoch on a few thousand images takes seconds. For tests and demos.
     Built like ``default`` (BatchNorm without scale, ReLU, fixed temperature) so the same
@@ -67,7 +68,8 @@ def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, logit_scale: f
     inputs = keras.Input(shape=(32, 32, 3), dtype="float32", name="image_rgb")
     x = _normalize(keras, inputs)
     for i, width in enumerate((16, 32, 64)):
-        x = _conv_bn_relu(keras, x, width, name=f"t{i}", weight_decay=weight_decay)
+        x = _conv_bn_relu(keras, x, width, name=f"t{i}", weight_decay=weight_decay,
+                          bias_weight_decay=bias_weight_decay)
         x = keras.layers.MaxPooling2D(2, name=f"t{i}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
@@ -90,22 +92,29 @@ def _activation(keras, activation: str, name: str):
     return keras.layers.Activation(activation, name=name)
 
 
-def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float, activation: str = "relu"):
-    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv",
-                            kernel_regularizer=_l2(keras, weight_decay))(x)
+def _batchnorm(keras, name: str, bias_weight_decay: float = 0.0):
     # No scale (as in airbench): the following ReLU is scale-invariant, and fewer weights
     # fold into the convolution at export.
-    x = keras.layers.BatchNormalization(scale=False, momentum=BN_MOMENTUM, epsilon=1e-5, name=f"{name}_bn")(x)
+    return keras.layers.BatchNormalization(scale=False, momentum=BN_MOMENTUM, epsilon=1e-5, name=name,
+                                           beta_regularizer=_l2(keras, bias_weight_decay))
+
+
+def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float, activation: str = "relu",
+                  bias_weight_decay: float = 0.0):
+    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv",
+                            kernel_regularizer=_l2(keras, weight_decay))(x)
+    x = _batchnorm(keras, f"{name}_bn", bias_weight_decay)(x)
     return _activation(keras, activation, f"{name}_relu")(x)
 
 
 def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160, 160),
                   train_images: np.ndarray | None = None, logit_scale: float = 1 / 9,
                   weight_decay: float = 5e-4, activation: str = "relu", name: str = "default",
-                  **_) -> "keras.Model":
-    """The edge model we ship: airbench-style, ~0.83M parameters.
+                  bias_weight_decay: float = 0.0, whiten_bias: bool = True, **_) -> "keras.Model":
+    """The edge model we ship: airbench-style, ~0.84M parameters.
 
-    raw RGB → normalize → 2x2 patch-whitening conv (fixed, from data) → ReLU →
+    raw RGB → normalize → 2x2 patch-whitening conv (kernel fixed, from data; a bias that
+    ``train.optim.BiasScaledSGD`` trains for the first epochs only) → ReLU →
     3 × [conv → maxpool/2 → BN → ReLU → conv → BN → ReLU] → global max pool → dense/9 → softmax.
     Shapes: 32 → 31 (whitening, valid) → 15 → 7 → 3 → 1.
     """
@@ -117,18 +126,22 @@ def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160
         kernel = whitening_kernel(train_images[:5000])
     else:  # rebuilt from a checkpoint: the saved weights replace this placeholder
         kernel = np.zeros((2, 2, 3, 24), np.float32)
-    whiten = keras.layers.Conv2D(kernel.shape[-1], 2, padding="valid", use_bias=False,
-                                 trainable=False, name="whiten")
+    # With a bias the layer is trainable and the optimizer keeps the kernel fixed (a frozen
+    # layer would freeze its bias too); without one it is simply frozen.
+    whiten = keras.layers.Conv2D(kernel.shape[-1], 2, padding="valid", use_bias=whiten_bias,
+                                 bias_regularizer=_l2(keras, weight_decay) if whiten_bias else None,
+                                 trainable=whiten_bias, name="whiten")
     x = whiten(x)
-    whiten.set_weights([kernel])
+    whiten.kernel.assign(kernel)
     x = _activation(keras, activation, "whiten_relu")(x)
     for i, width in enumerate(widths):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"g{i}_conv1",
                                 kernel_regularizer=_l2(keras, weight_decay))(x)
         x = keras.layers.MaxPooling2D(2, name=f"g{i}_pool")(x)
-        x = keras.layers.BatchNormalization(scale=False, momentum=BN_MOMENTUM, epsilon=1e-5, name=f"g{i}_bn1")(x)
+        x = _batchnorm(keras, f"g{i}_bn1", bias_weight_decay)(x)
         x = _activation(keras, activation, f"g{i}_relu1")(x)
-        x = _conv_bn_relu(keras, x, width, name=f"g{i}_2", weight_decay=weight_decay, activation=activation)
+        x = _conv_bn_relu(keras, x, width, name=f"g{i}_2", weight_decay=weight_decay, activation=activation,
+                          bias_weight_decay=bias_weight_decay)
     x = keras.layers.GlobalMaxPooling2D(name="pool")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
                            kernel_regularizer=_l2(keras, weight_decay))(x)

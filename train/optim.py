@@ -42,19 +42,46 @@ def is_batchnorm_bias(variable) -> bool:
     return name.split("/")[-1].split(":")[0] == "beta"
 
 
+def _variable_path(variable) -> list[str]:
+    return (getattr(variable, "path", None) or variable.name).split(":")[0].split("/")
+
+
+def is_whitening(variable) -> str | None:
+    """"kernel" or "bias" for a variable of the layer named ``whiten``, else None."""
+    parts = _variable_path(variable)
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "whiten" else None
+
+
 @keras.saving.register_keras_serializable(package="cifar_edge", name="BiasScaledSGD")
 class BiasScaledSGD(keras.optimizers.SGD):
-    """SGD whose BatchNorm biases (``beta``) take ``bias_lr_scale`` times the learning rate
-    (airbench's ``bias_scaler``: the biases of a scale-free BatchNorm need a larger step)."""
+    """SGD with airbench's per-parameter rules:
 
-    def __init__(self, bias_lr_scale: float = 1.0, **kwargs):
+    - BatchNorm biases (``beta``) take ``bias_lr_scale`` times the learning rate (the biases
+      of a scale-free BatchNorm need a larger step);
+    - the ``whiten`` layer's kernel (fixed, computed from the data) is never updated, and its
+      bias only for the first ``whiten_bias_steps`` steps: then its gradient and its momentum
+      are zeroed, so it stays exactly where it is (airbench stops its gradient).
+    """
+
+    def __init__(self, bias_lr_scale: float = 1.0, whiten_bias_steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.bias_lr_scale = float(bias_lr_scale)
+        self.whiten_bias_steps = int(whiten_bias_steps)
 
     def update_step(self, gradient, variable, learning_rate):
-        if is_batchnorm_bias(variable):
+        whitening = is_whitening(variable)
+        if whitening == "kernel":
+            return None
+        if whitening == "bias":
+            keep = keras.ops.cast(keras.ops.less(self.iterations, self.whiten_bias_steps), variable.dtype)
+            if self.momentum != 0:
+                momentum = self.momentums[self._get_variable_index(variable)]
+                self.assign(momentum, momentum * keep)
+            gradient = keras.ops.cast(gradient, variable.dtype) * keep
+        elif is_batchnorm_bias(variable):
             learning_rate = learning_rate * self.bias_lr_scale
         return super().update_step(gradient, variable, learning_rate)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "bias_lr_scale": self.bias_lr_scale}
+        return {**super().get_config(), "bias_lr_scale": self.bias_lr_scale,
+                "whiten_bias_steps": self.whiten_bias_steps}
