@@ -12,7 +12,8 @@ from runtime.cli_support import run_cli, traceback_option
 @click.option("--data", type=click.Path(), default=None,
               help="CIFAR-10 on disk (same forms as cifar-train). Default: Keras' downloader.")
 @click.option("--out", type=click.Path(), default=None,
-              help="Folder for report.json, confusion.png, grid.png. Default: eval-<model> beside the model.")
+              help="Folder for report.json, confusion.png, grid.png, reliability.png. "
+                   "Default: eval-<model> beside the model.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only this many test images.")
 @click.option("--quiet", is_flag=True, help="No progress bar (it is drawn only on a terminal anyway).")
 @traceback_option
@@ -21,6 +22,8 @@ def main(model, data, out, limit, quiet, show_traceback):
 
     Prints overall accuracy and per-class precision/recall, and writes report.json, a
     confusion matrix and a grid of predictions (misclassified images marked) as PNGs.
+    Calibration is reported too: mean top-1 confidence, expected calibration error (ECE, 15
+    equal-width bins) and negative log-likelihood (NLL), with a reliability diagram as a PNG.
     """
 
     def body():
@@ -28,7 +31,7 @@ def main(model, data, out, limit, quiet, show_traceback):
 
         report = evaluate(model, data=data, out=out, limit=limit, quiet=True if quiet else None)
         click.echo(report.table())
-        click.echo(f"\nwrote {report.files['report']}, {report.files['confusion']}, {report.files['grid']}")
+        click.echo(f"\nwrote {', '.join(report.files.values())}")
 
     run_cli("cifar-eval", body, show_traceback)
 

@@ -1,7 +1,8 @@
-"""Evaluation: accuracy, per-class precision/recall, a confusion matrix and a grid of test
-images, for a ``.keras`` model (TensorFlow) or an ``.onnx`` model (through the runtime).
+"""Evaluation: accuracy, per-class precision/recall, calibration (ECE, NLL, a reliability
+diagram), a confusion matrix and a grid of test images, for a ``.keras`` model (TensorFlow) or
+an ``.onnx`` model (through the runtime).
 
-Writes into the output folder (atomically): report.json, confusion.png, grid.png.
+Writes into the output folder (atomically): report.json, confusion.png, grid.png, reliability.png.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
 from runtime.batching import predict_in_batches
+from runtime.calibration import ECE_BINS, Bin
+from runtime.calibration import calibration as calibration_of
+from runtime.calibration import reliability as reliability_of
 from runtime.errors import ModelError
 
 from .data import Cifar10, load_cifar10, take_slice
@@ -31,12 +35,18 @@ class EvalReport:
     per_class: dict[str, dict[str, float]]  # class → precision, recall, f1, support
     confusion: list[list[int]]  # [true][predicted]
     class_names: list[str]
+    calibration: dict = field(default_factory=dict)  # runtime.calibration.Calibration.to_dict()
+    reliability: list[dict] = field(default_factory=list)  # its ECE bins: low, high, count, confidence, accuracy
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
         lines = [f"model     {self.model}", f"data      {self.data} ({self.images:,} images)",
-                 f"accuracy  {100 * self.accuracy:.2f}%", "",
-                 f"{'class':<12}{'precision':>10}{'recall':>9}{'f1':>8}{'support':>9}"]
+                 f"accuracy  {100 * self.accuracy:.2f}%"]
+        if self.calibration:
+            c = self.calibration
+            lines.append(f"confidence {c['mean_confidence']:.3f} mean top-1; ECE {c['ece']:.3f} "
+                         f"({len(self.reliability)} bins); NLL {c['nll']:.3f}")
+        lines += ["", f"{'class':<12}{'precision':>10}{'recall':>9}{'f1':>8}{'support':>9}"]
         for name, m in self.per_class.items():
             lines.append(f"{name:<12}{100 * m['precision']:>9.1f}%{100 * m['recall']:>8.1f}%"
                          f"{100 * m['f1']:>7.1f}%{m['support']:>9}")
@@ -104,26 +114,44 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | Cifar10 | None 
                          f"{len(dataset.class_names)}")
     y_pred = probs.argmax(1)
     per_class, confusion = _metrics(dataset.y_test, y_pred, dataset.class_names)
+    bins = [asdict(b) for b in reliability_of(probs, dataset.y_test, ECE_BINS)]
     report = EvalReport(model=str(model_path), data=dataset.source, images=len(dataset.y_test),
                         accuracy=float(np.mean(y_pred == dataset.y_test)), per_class=per_class,
-                        confusion=confusion.tolist(), class_names=list(dataset.class_names))
+                        confusion=confusion.tolist(), class_names=list(dataset.class_names),
+                        calibration=calibration_of(probs, dataset.y_test, ECE_BINS).to_dict(), reliability=bins)
     out_dir = Path(out) if out is not None else model_path.parent / f"eval-{model_path.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    report.files = {"report": str(out_dir / "report.json"), "confusion": str(out_dir / "confusion.png"),
-                    "grid": str(out_dir / "grid.png")}
+    report.files = {name: str(out_dir / file) for name, file in
+                    (("report", "report.json"), ("confusion", "confusion.png"), ("grid", "grid.png"),
+                     ("reliability", "reliability.png"))}
     plot_confusion(confusion, dataset.class_names, out_dir / "confusion.png")
     plot_grid(dataset.x_test, dataset.y_test, probs, dataset.class_names, out_dir / "grid.png", grid_images)
+    plot_reliability(bins, out_dir / "reliability.png", f"Reliability: {model_path.name}")
     with atomic_write(out_dir / "report.json") as fh:
         json.dump(asdict(report), fh, indent=2)
     return report
 
 
-def plot_confusion(confusion: np.ndarray, class_names, path: Path):
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Lay out ``fig``, write it atomically to ``path`` as a 100 dpi PNG and close it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _pyplot().close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, class_names, path: Path):
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -135,21 +163,14 @@ def plot_confusion(confusion: np.ndarray, class_names, path: Path):
             ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_grid(images_rgb: np.ndarray, y_true: np.ndarray, probs: np.ndarray, class_names, path: Path,
               n: int = 64):
     """A grid of test images: predicted label and confidence; misclassified ones in red
     with the true label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n = min(n, len(images_rgb))
     # Show the first images, but make sure some mistakes are visible when there are any.
     # A fixed shuffle, so the grid shows every class rather than the first folder.
@@ -179,7 +200,35 @@ def plot_grid(images_rgb: np.ndarray, y_true: np.ndarray, probs: np.ndarray, cla
             ax.set_yticks([])
         ax.set_title(title, fontsize=7, color="black" if ok else "red")
     fig.suptitle("Predictions on test images (red: misclassified)", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save(fig, path)
+
+
+def plot_reliability(bins: list[dict] | list[Bin], path: Path, title: str = "Reliability diagram"):
+    """The reliability diagram of ``bins`` (``EvalReport.reliability`` or runtime.calibration's
+    ``Bin``): above, each bin's accuracy as a bar over its confidence range, beside the diagonal a
+    calibrated model would follow, the gap from the bin's mean confidence to its accuracy hatched
+    in red, ECE in the title; below, how many images fall in each bin. Empty bins are not drawn."""
+    plt = _pyplot()
+    bins = [b if isinstance(b, dict) else asdict(b) for b in bins]
+    full = [b for b in bins if b["count"]]
+    total = sum(b["count"] for b in full)
+    ece = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in full) / max(total, 1)
+    low = [b["low"] for b in full]
+    width = [b["high"] - b["low"] for b in full]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(low, [b["accuracy"] for b in full], width=width, align="edge", color="#4c72b0",
+           edgecolor="#2b4a7a", linewidth=0.8, label="accuracy")
+    ax.bar(low, [abs(b["accuracy"] - b["confidence"]) for b in full], width=width,
+           bottom=[min(b["accuracy"], b["confidence"]) for b in full], align="edge",
+           facecolor="none", edgecolor="#d62728", hatch="//", linewidth=0.8, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="0.3", linewidth=1, label="perfectly calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}\nECE {ece:.3f} "
+           f"({len(bins)} bins, {total:,} images)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="upper left", fontsize=9, framealpha=0.95)
+    hist.bar(low, [b["count"] for b in full], width=width, align="edge", color="0.6", edgecolor="0.35",
+             linewidth=0.8)
+    hist.set(xlim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="images")
+    hist.grid(axis="y", alpha=0.3, linewidth=0.5)
+    _save(fig, path)
