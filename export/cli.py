@@ -41,13 +41,20 @@ PROG = "cifar-export"
               help=f"FP16 minimum top-1 agreement [default: {DEFAULT_THRESHOLDS['fp16'].min_agreement}].")
 @click.option("--fp16-max-abs-diff", type=click.FloatRange(min=0), default=None,
               help=f"FP16 maximum absolute probability difference [default: {DEFAULT_THRESHOLDS['fp16'].max_abs_diff:g}].")
+@click.option("--no-calibrate", is_flag=True,
+              help="Leave the probabilities as the network gives them: no temperature fitted on the "
+                   "training images its run held out and baked in before the softmax.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: also write <stem>[-int8|-fp16]-flip.onnx, which classify the image and its "
+                   "mirror in one run and average them (twice the compute, more accurate).")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Parity on the first N test images only (for quick checks).")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bars (drawn only on a terminal anyway) and no line per stage.")
 @traceback_option
 def main(model, output, opset, int8, fp16, no_fold, data, calibration, calib_images, calib_method, min_agreement,
-         max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, test_limit, quiet, show_traceback):
+         max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, no_calibrate, tta, test_limit, quiet,
+         show_traceback):
     """Convert a Keras CIFAR-10 model (.keras) to ONNX and prove it gives the same answers.
 
     Writes the ONNX file(s) with self-describing metadata and a parity report beside them;
@@ -61,7 +68,8 @@ def main(model, output, opset, int8, fp16, no_fold, data, calibration, calib_ima
         from . import ExportConfig, Int8Config, export_model
 
         config = ExportConfig(
-            opset=opset, int8=int8, fp16=fp16, fold=not no_fold, test_limit=test_limit, quiet=True if quiet else None,
+            opset=opset, int8=int8, fp16=fp16, fold=not no_fold, calibrate=not no_calibrate, tta=tta,
+            test_limit=test_limit, quiet=True if quiet else None,
             int8_config=Int8Config(calib_images=calib_images, method=calib_method),
             fp32_thresholds=DEFAULT_THRESHOLDS["fp32"].override(min_agreement=min_agreement,
                                                                 max_abs_diff=max_abs_diff),

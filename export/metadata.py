@@ -14,8 +14,8 @@ import platform
 from importlib import metadata as _pkg
 from pathlib import Path
 
-from runtime.contract import (FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT, KEY_OUTPUT,
-                              KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, InputContract)
+from runtime.contract import (FORMAT_VERSION, KEY_CALIBRATION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
+                              KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS, InputContract)
 from runtime.session import create_session, model_metadata
 
 PRODUCER = "cifar-edge export"
@@ -59,7 +59,8 @@ def provenance(source: Path, source_sha256: str, opset: int, created: str,
 
 
 def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], output_kind: str,
-                   provenance_info: dict, parity: dict | None, contract: InputContract | None = None):
+                   provenance_info: dict, parity: dict | None, contract: InputContract | None = None,
+                   calibration: dict | None = None, views: str = "single"):
     """Set every cifar-edge key (replacing old values) plus doc_string/producer. In place."""
     contract = contract or InputContract()
     values = {
@@ -70,6 +71,8 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
         KEY_VARIANT: variant,
         KEY_PROVENANCE: json.dumps(provenance_info, sort_keys=True),
         KEY_PARITY: json.dumps(parity, sort_keys=True) if parity is not None else "null",
+        KEY_CALIBRATION: json.dumps(calibration, sort_keys=True) if calibration is not None else "null",
+        KEY_VIEWS: views,
     }
     kept = [p for p in model_proto.metadata_props if p.key not in values]
     del model_proto.metadata_props[:]
@@ -79,8 +82,10 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
         entry.key, entry.value = key, value
     model_proto.producer_name = PRODUCER
     model_proto.producer_version = _version_of("cifar-edge")
+    label = variant + ("+flip" if views == "flip" else "")
+    calibrated = f", temperature {calibration['temperature']:.4g} fitted" if calibration else ""
     model_proto.doc_string = (
-        f"CIFAR-10 classifier ({variant}) exported from {provenance_info['source']} "
+        f"CIFAR-10 classifier ({label}{calibrated}) exported from {provenance_info['source']} "
         f"(sha256 {provenance_info['source_sha256'][:12]}). Input: {contract.layout} "
         f"{contract.color_order} {contract.dtype} raw pixels {contract.value_range[0]:g}-"
         f"{contract.value_range[1]:g}, {contract.height}x{contract.width}, resize '{contract.resize}'. "

@@ -161,6 +161,14 @@ class ParityEntry:
     failures: list[str] = field(default_factory=list)
     file_size_bytes: int | None = None
     seconds: float | None = None
+    views: str = "single"  # "flip": the file averages each image with its mirror (so does the reference)
+    # The temperature baked into the file, what it was fitted on, and ECE/NLL before/after on the
+    # held-out images and on the parity images (the reference gets the same temperature).
+    calibration: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return self.variant + ("+flip" if self.views == "flip" else "")
 
     def for_metadata(self) -> dict:
         """What goes into the ONNX file itself (the file's own name and size are not known yet)."""
@@ -223,7 +231,7 @@ class ParityReport:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{e.variant}: {f}" for e in self.entries for f in e.failures]
+        return [f"{e.label}: {f}" for e in self.entries for f in e.failures]
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -275,12 +283,23 @@ def format_delta(points: float | None) -> str:
     return "n/a" if points is None else f"{points:+.2f} pt"
 
 
+def calibration_line(calibration: dict) -> str:
+    """``temperature 1.31 (fitted on ...): ECE 0.167 -> 0.012, NLL ...`` for a report or a log."""
+    parts = [f"temperature {calibration['temperature']:.4g} (fitted on {calibration['fitted_on']})"]
+    for where in ("held_out", "test"):
+        if calibration.get(where):
+            before, after = calibration[where]["before"], calibration[where]["after"]
+            parts.append(f"{where.replace('_', '-')} ECE {before['ece']:.3f} -> {after['ece']:.3f}, "
+                         f"NLL {before['nll']:.3f} -> {after['nll']:.3f}")
+    return "; ".join(parts)
+
+
 def format_table(report: ParityReport) -> str:
     header = ("variant", "file", "size", "max|dp|", "mean|dp|", "top-1 agree", "ref acc", "acc", "Δ acc", "result")
     rows = [header]
     for e in report.entries:
         size = "" if e.file_size_bytes is None else f"{e.file_size_bytes / 1024:.0f} KiB"
-        rows.append((e.variant, Path(e.file).name, size, f"{e.max_abs_diff:.2e}", f"{e.mean_abs_diff:.2e}",
+        rows.append((e.label, Path(e.file).name, size, f"{e.max_abs_diff:.2e}", f"{e.mean_abs_diff:.2e}",
                      f"{e.top1_agreement:.2%}", _pct(e.reference_accuracy), _pct(e.candidate_accuracy),
                      format_delta(e.accuracy_delta_points), "PASS" if e.passed else "FAIL"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
@@ -291,7 +310,10 @@ def format_table(report: ParityReport) -> str:
             lines.append("  ".join("-" * w for w in widths))
     for e in report.entries:
         gates = ", ".join(f"{k}={v:g}" for k, v in e.thresholds.items() if v is not None) or "none"
-        lines.append(f"{e.variant} thresholds: {gates}" + (f"; FAILED: {'; '.join(e.failures)}" if e.failures else ""))
+        lines.append(f"{e.label} thresholds: {gates}" + (f"; FAILED: {'; '.join(e.failures)}" if e.failures else ""))
+    for e in report.entries:
+        if e.calibration:
+            lines.append(f"{e.label} {calibration_line(e.calibration)}")
     lines += report.notes
     if report.stages:
         lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))

@@ -16,9 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from runtime.contract import KEY_CALIBRATION
 from runtime.errors import DataError, ModelError
 
+from runtime.calibration import calibration as calibration_figures
+from runtime.calibration import fit_temperature, with_temperature
+
 from . import convert, metadata
+from .calibrate import add_flip_view, bake_temperature, held_out_training_images, mirror_average
 from .fold import fold_for_inference
 from .parity import (DEFAULT_THRESHOLDS, ParityData, ParityReport, Thresholds, compare, keras_predictor,
                      load_test_split, onnx_predictor, predict_all, synthetic_inputs)
@@ -39,6 +44,11 @@ class ExportConfig:
     # Fold normalization, BatchNorm and the temperature into the neighbouring layers before
     # conversion (export.fold): the same function with fewer operators, faster everywhere.
     fold: bool = True
+    # Fit a temperature per variant on the training images the model's run held out, and bake
+    # it into the graph (export.calibrate), so its probabilities mean what they say.
+    calibrate: bool = True
+    # "flip": also write a twin of each variant that averages the image and its mirror.
+    tta: str = "none"
     quiet: bool | None = None  # progress bars: None only on a terminal, True never, False always
 
 
@@ -54,10 +64,17 @@ class ExportResult:
         return self.report.passed
 
 
+TTA_CHOICES = ("none", "flip")
+
+
 def output_paths(source: Path, output: str | os.PathLike | None) -> tuple[Path, dict[str, Path], Path]:
+    """(FP32 file, every other file by variant name, report): model.onnx, model-int8.onnx,
+    model-fp16.onnx and their mirror-averaging twins model-flip.onnx, model-int8-flip.onnx..."""
     fp32 = Path(output) if output else source.with_suffix(".onnx")
     stem = fp32.with_suffix("")
-    return fp32, {"int8": Path(f"{stem}-int8.onnx"), "fp16": Path(f"{stem}-fp16.onnx")}, Path(f"{stem}.parity.json")
+    paths = {"int8": Path(f"{stem}-int8.onnx"), "fp16": Path(f"{stem}-fp16.onnx"), "fp32+flip": Path(f"{stem}-flip.onnx"),
+             "int8+flip": Path(f"{stem}-int8-flip.onnx"), "fp16+flip": Path(f"{stem}-fp16-flip.onnx")}
+    return fp32, paths, Path(f"{stem}.parity.json")
 
 
 def _prepare_output(path: Path) -> None:
@@ -80,6 +97,7 @@ STAGE_LINES = {
     "convert": "converted to ONNX",
     "check": "checked the ONNX graph", "parity_keras": "ran Keras on the parity images",
     "quantize_int8": "quantized to INT8", "convert_fp16": "converted to FP16", "save": "saved",
+    "parity_keras_mirror": "ran Keras on the mirrored parity images",
 }
 
 
@@ -123,6 +141,19 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
             calib, held_out = timed("data", calibration_from_cifar, data, config.int8_config.calib_images,
                                     config.int8_config.seed)
 
+    held = (None, None, "--no-calibrate")
+    if config.calibrate:
+        start = time.perf_counter()
+        held = held_out_training_images(source, data)
+        if held[0] is not None:
+            stages["data"] = round(stages.get("data", 0.0) + time.perf_counter() - start, 2)
+            if log is not None:
+                log(f"export: read {held[2]} to calibrate with ({time.perf_counter() - start:.1f} s)")
+        elif log is not None:
+            log(f"export: not calibrating: {held[2]}")
+    if config.tta not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES}, not {config.tta!r}")
+
     folded, folds = timed("fold", fold_for_inference, keras_source.model) if config.fold else (keras_source.model, [])
     fp32_proto = timed("convert", convert.to_onnx, replace(keras_source, model=folded), config.opset)
     timed("check", convert.check_onnx, fp32_proto)
@@ -133,6 +164,14 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
                           created=created)
     if parity_data.labels is None:
         report.notes.append("no --data: compared on synthetic inputs, so accuracy is not measured")
+    if held[0] is None and config.calibrate:
+        report.notes.append(f"not calibrated: {held[2]}; probabilities are the network's own")
+    views = ["single"] + (["flip"] if config.tta == "flip" else [])
+    reference_mirror = None
+    if "flip" in views:
+        mirrored = parity_data.batch_nhwc[:, :, ::-1]
+        reference_mirror = timed("parity_keras_mirror", predict_all, keras_predictor(keras_source.model), mirrored,
+                                 "keras mirrored", config.quiet)
     result = ExportResult(onnx_paths={}, report_path=report_path, report=report)
 
     variants: list[tuple[str, object, dict | None]] = [("fp32", fp32_proto, None)]
@@ -145,28 +184,77 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
         variants.append(("fp16", fp16_proto, recipe))
 
     overrides = {"fp32": config.fp32_thresholds, "int8": config.int8_thresholds, "fp16": config.fp16_thresholds}
-    for variant, proto, recipe in variants:
-        path = fp32_path if variant == "fp32" else variant_paths[variant]
-        start = time.perf_counter()
-        candidate = predict_all(onnx_predictor(proto), parity_data.batch_nhwc, variant, config.quiet)
-        entry = compare(reference, candidate, parity_data.labels, overrides[variant] or DEFAULT_THRESHOLDS[variant],
-                        variant=variant, file=str(path), data=parity_data.description)
-        entry.seconds = round(time.perf_counter() - start, 2)
-        stages[f"parity_{variant}"] = entry.seconds
-        if log is not None:
-            log(f"export: {variant} parity on {entry.n:,} images ({entry.seconds:.1f} s)")
-        prov = metadata.provenance(source, source_sha, config.opset, created, recipe, folds)
-        metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
-                                output_kind=keras_source.output_kind, provenance_info=prov,
-                                parity=entry.for_metadata())
-        entry.file_size_bytes = timed("save", convert.save_onnx, proto, path)
-        report.entries.append(entry)
-        result.onnx_paths[variant] = path
-        result.metadata[variant] = {"provenance": prov, "parity": entry.for_metadata()}
+    for variant, base_proto, recipe in variants:
+        for view in views:
+            name = variant if view == "single" else f"{variant}+flip"
+            path = fp32_path if name == "fp32" else variant_paths[name]
+            proto = base_proto if view == "single" else add_flip_view(base_proto)
+            start = time.perf_counter()
+            fitted = None
+            if held[0] is not None:
+                proto, fitted = _calibrate(proto, held, name, config.quiet)
+                stages[f"calibrate_{name}"] = round(time.perf_counter() - start, 2)
+                if log is not None:
+                    log(f"export: {name} temperature {fitted['temperature']:.4g} fitted on {fitted['fitted_on']} "
+                        f"({stages[f'calibrate_{name}']:.1f} s)")
+            start = time.perf_counter()
+            candidate = predict_all(onnx_predictor(proto), parity_data.batch_nhwc, name, config.quiet)
+            expected = reference if view == "single" else mirror_average(reference, reference_mirror)
+            if fitted is not None:  # the same temperature on both sides: parity measures the conversion
+                expected = with_temperature(expected, fitted["temperature"])
+            entry = compare(expected, candidate, parity_data.labels, overrides[variant] or DEFAULT_THRESHOLDS[variant],
+                            variant=variant, file=str(path), data=parity_data.description)
+            entry.views = view
+            if fitted is not None and parity_data.labels is not None:
+                fitted["test"] = {"before": calibration_figures(with_temperature(candidate, 1 / fitted["temperature"]),
+                                                        parity_data.labels).to_dict(),
+                                  "after": calibration_figures(candidate, parity_data.labels).to_dict()}
+            entry.calibration = fitted
+            entry.seconds = round(time.perf_counter() - start, 2)
+            stages[f"parity_{name}"] = entry.seconds
+            if log is not None:
+                log(f"export: {name} parity on {entry.n:,} images ({entry.seconds:.1f} s)")
+            prov = metadata.provenance(source, source_sha, config.opset, created, recipe, folds)
+            metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
+                                    output_kind=keras_source.output_kind, provenance_info=prov,
+                                    parity=entry.for_metadata(), calibration=_held_out_only(fitted), views=view)
+            entry.file_size_bytes = timed("save", convert.save_onnx, proto, path)
+            report.entries.append(entry)
+            result.onnx_paths[name] = path
+            result.metadata[name] = {"provenance": prov, "parity": entry.for_metadata()}
 
     report.stages = stages
     report.write(report_path)
     return result
+
+
+def _calibrate(proto, held, name: str, quiet: bool | None):
+    """(``proto`` with its fitted temperature baked in, the calibration record)."""
+    images, labels, described = held
+    raw = predict_all(onnx_predictor(proto), images.astype("float32"), f"{name} held-out", quiet)
+    temperature = fit_temperature(raw, labels)
+    record = {"temperature": round(temperature, 6), "fitted_on": described, "method": "NLL, bisection on 1/T",
+              "held_out": {"before": calibration_figures(raw, labels).to_dict(),
+                           "after": calibration_figures(with_temperature(raw, temperature), labels).to_dict()}}
+    return bake_temperature(proto, temperature), record
+
+
+def _views_and_temperature(path: Path) -> dict:
+    """What an ONNX candidate does beyond the network: its views and baked temperature (a
+    .keras candidate: neither)."""
+    if path.suffix != ".onnx":
+        return {"views": "single", "temperature": None, "fitted_on": None}
+    from runtime.session import create_session, model_metadata
+
+    meta = model_metadata(create_session(path), path)
+    fitted = meta.decoded().get(KEY_CALIBRATION) or {}
+    return {"views": meta.views, "temperature": meta.temperature, "fitted_on": fitted.get("fitted_on")}
+
+
+def _held_out_only(fitted: dict | None) -> dict | None:
+    """What the ONNX file records of its calibration: not the test-split figures (those are the
+    parity report's), so a file never carries figures about the data it is judged on twice."""
+    return None if fitted is None else {k: v for k, v in fitted.items() if k != "test"}
 
 
 def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLike], *,
@@ -190,15 +278,33 @@ def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLik
         report.notes.append("no --data: compared on synthetic inputs, so accuracy is not measured")
     start = time.perf_counter()
     ref_out = predict_all(ref_predict, parity_data.batch_nhwc, reference.name, quiet)
+    ref_mirror = None
     report.stages["reference"] = round(time.perf_counter() - start, 2)
     for path, predict, variant in loaded:
         start = time.perf_counter()
+        meta = _views_and_temperature(path)
+        expected = ref_out
+        if meta["views"] == "flip":  # the candidate averages each image with its mirror: so does the reference
+            if ref_mirror is None:
+                ref_mirror = predict_all(ref_predict, parity_data.batch_nhwc[:, :, ::-1], f"{reference.name} mirrored",
+                                         quiet)
+            expected = mirror_average(ref_out, ref_mirror)
+        if meta["temperature"] is not None:  # calibrated: the reference gets the same temperature
+            expected = with_temperature(expected, meta["temperature"])
         out = predict_all(predict, parity_data.batch_nhwc, path.name, quiet)
         gates = DEFAULT_THRESHOLDS.get(variant, DEFAULT_THRESHOLDS["fp32"])
         if thresholds is not None:
             gates = gates.override(**{k: getattr(thresholds, k) for k in thresholds.__dataclass_fields__})
-        entry = compare(ref_out, out, parity_data.labels, gates, variant=variant, file=str(path),
+        entry = compare(expected, out, parity_data.labels, gates, variant=variant, file=str(path),
                         data=parity_data.description)
+        entry.views = meta["views"]
+        if meta["temperature"] is not None:
+            entry.calibration = {"temperature": meta["temperature"], "fitted_on": meta["fitted_on"]}
+            if parity_data.labels is not None:
+                entry.calibration["test"] = {
+                    "before": calibration_figures(with_temperature(out, 1 / meta["temperature"]),
+                                                  parity_data.labels).to_dict(),
+                    "after": calibration_figures(out, parity_data.labels).to_dict()}
         entry.file_size_bytes = path.stat().st_size
         entry.seconds = round(time.perf_counter() - start, 2)
         report.stages[path.name] = entry.seconds

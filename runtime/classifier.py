@@ -93,7 +93,7 @@ class Classifier:
         self.class_names: tuple[str, ...] = self.metadata.class_names
         self.contract = self.metadata.contract
         self.output_kind = self.metadata.output_kind
-        self.variant = self.metadata.variant
+        self.variant = self.metadata.label  # "int8", "fp32+flip", ...
         self._check_graph()
 
     def _check_graph(self) -> None:

@@ -22,7 +22,11 @@ KEY_OUTPUT = "cifar_edge.output"  # "probabilities" or "logits"
 KEY_VARIANT = "cifar_edge.variant"  # "fp32" | "int8" | "fp16"
 KEY_PROVENANCE = "cifar_edge.provenance"  # JSON: source sha256, tool versions, created
 KEY_PARITY = "cifar_edge.parity"  # JSON: parity figures measured at export time
-JSON_KEYS = (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY)  # values stored as JSON text
+# JSON: the temperature baked in before the Softmax, what it was fitted on, ECE/NLL before and
+# after; "null" for an uncalibrated file (absent in files exported before calibration existed).
+KEY_CALIBRATION = "cifar_edge.calibration"
+KEY_VIEWS = "cifar_edge.views"  # "single", or "flip": the image and its mirror, logits averaged
+JSON_KEYS = (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY, KEY_CALIBRATION)  # values stored as JSON text
 REQUIRED_KEYS = (KEY_FORMAT, KEY_CLASS_NAMES, KEY_INPUT)
 HOW_TO_EXPORT = ("export the Keras model with `cifar-export`, which writes the class names and "
                  "input contract into the ONNX metadata")
@@ -72,6 +76,25 @@ class ModelMetadata:
     variant: str  # "fp32" | "int8" | "fp16" | "unknown"
     raw: Mapping[str, str]  # every metadata_props entry, as stored (strings)
     source: str  # the file it was read from, for messages
+
+    @property
+    def views(self) -> str:
+        """"single", or "flip" when the graph averages the image with its mirror."""
+        return self.raw.get(KEY_VIEWS, "single")
+
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature baked into the graph, None when there is none."""
+        try:
+            calibration = json.loads(self.raw.get(KEY_CALIBRATION, "null"))
+        except ValueError:
+            return None
+        return float(calibration["temperature"]) if isinstance(calibration, dict) else None
+
+    @property
+    def label(self) -> str:
+        """The variant as people read it: "int8", "fp32+flip"."""
+        return self.variant + ("+flip" if self.views == "flip" else "")
 
     @classmethod
     def from_map(cls, meta: Mapping[str, str], source: str) -> "ModelMetadata":
