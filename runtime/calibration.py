@@ -128,3 +128,18 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, low: float = 1e-2, hi
         else:
             hi = mid
     return float(1.0 / np.exp(0.5 * (lo + hi)))
+
+
+def selective(probs: np.ndarray, labels: np.ndarray, thresholds=(0.5, 0.7, 0.9)) -> list[dict]:
+    """What ``cifar-run --min-confidence t`` gives on labelled images, for each t: the share of
+    images that keep their label (``coverage``) and how many of those are right (``accuracy``,
+    None when none is kept). The rest are shown as "uncertain"."""
+    probs = np.asarray(probs)
+    confidence = probs.max(axis=1)
+    right = probs.argmax(axis=1) == np.asarray(labels)
+    out = []
+    for t in thresholds:
+        kept = confidence >= t
+        out.append({"threshold": float(t), "coverage": round(float(kept.mean()), 6),
+                    "accuracy": round(float(right[kept].mean()), 6) if kept.any() else None})
+    return out

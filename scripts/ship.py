@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Reproduce the shipped model end to end: train → evaluate → export (FP32, INT8, FP16) →
-parity on the test split → bundle into the runtime → write the figures in README.md and
-docs/shipped-model.md.
+"""Reproduce the shipped model end to end: train → export (FP32, INT8, FP16, each calibrated,
+each with a mirror-view twin) → parity on the test split → evaluate → bundle into the runtime →
+write the figures in README.md and docs/shipped-model.md.
 
     python scripts/ship.py --data ../shared/data/cifar10            # the whole pipeline (~72 min here)
     python scripts/ship.py --data ../shared/data/cifar10 --run runs/default --skip-train
@@ -70,7 +70,12 @@ def choose_samples(data: str, models: list[Path], per_class: int = 1) -> list[Pa
     return chosen
 
 
-def bundle(run: Path, export_dir: Path, samples: list[Path]) -> None:
+def file_label(variant: str) -> str:
+    """A variant name as it appears in file names: "int8+flip" → "int8-flip"."""
+    return variant.replace("+", "-")
+
+
+def bundle(run: Path, export_dir: Path, samples: list[Path], variants: list[str]) -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     shutil.copy2(export_dir / "model.onnx", ASSETS / "model.onnx")
     shutil.copy2(export_dir / "model-int8.onnx", ASSETS / "model-int8.onnx")
@@ -84,33 +89,49 @@ def bundle(run: Path, export_dir: Path, samples: list[Path]) -> None:
     SHIPPED.mkdir(parents=True, exist_ok=True)
     for name in ("model.keras", "config.json", "history.csv", "curves.png"):
         shutil.copy2(run / name, SHIPPED / name)
-    shutil.copy2(export_dir / "model-fp16.onnx", SHIPPED / "model-fp16.onnx")
+    for name in ("model-fp16.onnx", "model-flip.onnx", "model-int8-flip.onnx", "model-fp16-flip.onnx"):
+        shutil.copy2(export_dir / name, SHIPPED / name)
     shutil.copy2(export_dir / "model.parity.json", SHIPPED / "parity.json")
+    for variant in ("keras", *variants):
+        label = file_label(variant)
+        shutil.copy2(export_dir / f"eval-{label}" / "report.json", SHIPPED / f"eval-{label}.json")
+    for variant in ("fp32", "int8"):  # what the bundled files' confidences look like
+        shutil.copy2(export_dir / f"eval-{variant}" / "reliability.png", SHIPPED / f"reliability-{variant}.png")
 
 
-COLUMNS = ("variant", "file", "size", "test accuracy (10,000 images)", "vs Keras", "top-1 agreement", "max abs Δp")
+COLUMNS = ("variant", "file", "size", "test accuracy (10,000 images)", "ECE", "vs Keras", "top-1 agreement",
+           "max abs Δp", "temperature", "ECE before calibration")
 
 
 def variant_rows(shipped: Path) -> list[dict[str, str]]:
     """One row per variant (Keras first), keyed by COLUMNS, from the reports ``bundle`` left in
-    ``shipped``: parity.json (agreement, Δp, sizes) and eval-<variant>.json (test accuracy)."""
+    ``shipped``: parity.json (agreement, Δp, sizes, temperatures) and eval-<variant>.json (test
+    accuracy and ECE, measured through each runtime)."""
     parity = json.loads((shipped / "parity.json").read_text())
 
-    def accuracy(variant: str) -> float:
-        return json.loads((shipped / f"eval-{variant}.json").read_text())["accuracy"]
+    def evaluation(label: str) -> dict:
+        return json.loads((shipped / f"eval-{label}.json").read_text())
 
-    def row(name: str, file: str, size_bytes: int, acc: float, *parity_figures: str) -> dict[str, str]:
-        return dict(zip(COLUMNS, (name, f"`{file}`", f"{size_bytes / 1e6:.2f} MB", f"**{100 * acc:.2f}%**",
-                                  *parity_figures)))
+    def ece(report: dict) -> str:
+        return f"{report['calibration']['ece']:.3f}" if report.get("calibration") else "—"
 
-    keras_acc = accuracy("keras")
-    keras_bytes = (shipped / "model.keras").stat().st_size
-    rows = [row("Keras (reference)", "model.keras", keras_bytes, keras_acc, "—", "—", "—")]
+    def row(name: str, file: str, size_bytes: int, report: dict, *figures: str) -> dict[str, str]:
+        return dict(zip(COLUMNS, (name, f"`{file}`", f"{size_bytes / 1e6:.2f} MB", f"**{100 * report['accuracy']:.2f}%**",
+                                  ece(report), *figures)))
+
+    keras = evaluation("keras")
+    rows = [row("Keras (reference)", "model.keras", (shipped / "model.keras").stat().st_size, keras,
+                "—", "—", "—", "—", "—")]
     for entry in parity["entries"]:
-        acc = accuracy(entry["variant"])
-        rows.append(row(f"{entry['variant'].upper()} ONNX", Path(entry["file"]).name, entry["file_size_bytes"], acc,
-                        f"{100 * (acc - keras_acc):+.2f} pt", f"{100 * entry['top1_agreement']:.2f}%",
-                        f"{entry['max_abs_diff']:.1e}"))
+        label = entry["variant"] + ("+flip" if entry.get("views") == "flip" else "")
+        report = evaluation(file_label(label))
+        calibration = entry.get("calibration") or {}
+        before = (calibration.get("test") or {}).get("before")
+        rows.append(row(f"{label.upper()} ONNX", Path(entry["file"]).name, entry["file_size_bytes"], report,
+                        f"{100 * (report['accuracy'] - keras['accuracy']):+.2f} pt",
+                        f"{100 * entry['top1_agreement']:.2f}%", f"{entry['max_abs_diff']:.1e}",
+                        f"{calibration['temperature']:.3f}" if calibration else "—",
+                        f"{before['ece']:.3f}" if before else "—"))
     return rows
 
 
@@ -128,22 +149,25 @@ def training_sentence(shipped: Path) -> str:
         how.append(f"cutout {recipe['cutout']}")
     return (f"The `default` network: {config['parameters']:,} parameters, trained {recipe['epochs']} epochs "
             f"({', '.join(how)}) on {config['train_images']:,} training images ({config['validation_images']:,} "
-            f"held out to pick the best epoch) in **{seconds / 60:.0f} minutes** of training steps on this "
-            f"2-core CPU ({seconds / recipe['epochs']:.0f} s per epoch).")
+            f"held out to pick the best epoch and fit each file's temperature) in **{seconds / 60:.0f} minutes** of "
+            f"training steps on this 2-core CPU ({seconds / recipe['epochs']:.0f} s per epoch).")
 
 
 def summary_markdown(shipped: Path, date: str) -> str:
     """README's short table: each file, its size and test accuracy (no date: the details page has it)."""
-    return "\n".join(markdown_table(variant_rows(shipped), COLUMNS[:4]))
+    return "\n".join(markdown_table(variant_rows(shipped), COLUMNS[:5]))
 
 
 def details_markdown(shipped: Path, date: str) -> str:
     """docs/shipped-model.md's block: the training, and every variant against the Keras model."""
     return "\n".join([
         training_sentence(shipped), "", *markdown_table(variant_rows(shipped), COLUMNS), "",
-        "Accuracies are single-view (no test-time augmentation) on the full CIFAR-10 test split, measured by "
-        "`cifar-eval` through each runtime (Keras for `.keras`, onnxruntime for `.onnx`); agreement and Δp are "
-        f"`cifar-export`'s parity figures against the Keras model. Generated by `scripts/ship.py` on {date}."])
+        "Accuracies and ECE (expected calibration error, 15 bins) are on the full CIFAR-10 test split, measured by "
+        "`cifar-eval` through each runtime (Keras for `.keras`, onnxruntime for `.onnx`); `+FLIP` files average "
+        "each image with its mirror, the others see one view. Agreement and Δp are `cifar-export`'s parity figures "
+        "against the Keras model given the same temperature (and views); the temperature is fitted on the held-out "
+        "training images, and the last column is the file's ECE without it. Generated by `scripts/ship.py` on "
+        f"{date}."])
 
 
 # Each page holding the markers, and what goes between them.
@@ -182,20 +206,22 @@ def main(data, run_dir, skip_train, no_bundle):
         step("train")
         train(data, run)
 
-    step("export FP32, INT8, FP16 with parity on the test split")
+    step("export FP32, INT8, FP16 and their mirror-view twins, calibrated, with parity on the test split")
     export_dir = run / "export"
     export_dir.mkdir(exist_ok=True)
-    shutil.copy2(run / "model.keras", export_dir / "model.keras")
-    result = export_model(export_dir / "model.keras", ExportConfig(int8=True, fp16=True), data=data)
+    # Exported from the run folder itself: its config.json says which training images were held
+    # out, and the temperatures are fitted on those.
+    result = export_model(run / "model.keras", ExportConfig(int8=True, fp16=True, tta="flip"),
+                          output=export_dir / "model.onnx", data=data)
     click.echo(result.report.table(), err=True)
     raise_if_failed(result.report, result.report_path, files_written=True)  # never bundle a failing model
 
     step("evaluate every variant on the test split")
     evals = {}
-    for variant, path in [("keras", export_dir / "model.keras"), *result.onnx_paths.items()]:
-        report = evaluate(path, data=data, out=export_dir / f"eval-{variant}", quiet=True)
-        evals[variant] = {"accuracy": report.accuracy}
-        click.echo(f"{variant:>6}: {100 * report.accuracy:.2f}%", err=True)
+    for variant, path in [("keras", run / "model.keras"), *result.onnx_paths.items()]:
+        report = evaluate(path, data=data, out=export_dir / f"eval-{file_label(variant)}", quiet=True)
+        evals[variant] = {"accuracy": report.accuracy, "ece": report.calibration["ece"]}
+        click.echo(f"{variant:>9}: {100 * report.accuracy:.2f}%, ECE {report.calibration['ece']:.3f}", err=True)
     with atomic_write(export_dir / "evals.json") as fh:
         fh.write(json.dumps(evals, indent=2))
 
@@ -203,9 +229,7 @@ def main(data, run_dir, skip_train, no_bundle):
         return
     step("bundle into runtime/assets and train/shipped")
     samples = choose_samples(data, [result.onnx_paths["fp32"], result.onnx_paths["int8"]])
-    bundle(run, export_dir, samples)
-    for variant in ("keras", "fp32", "int8", "fp16"):
-        shutil.copy2(export_dir / f"eval-{variant}" / "report.json", SHIPPED / f"eval-{variant}.json")
+    bundle(run, export_dir, samples, list(result.onnx_paths))
     write_figures(SHIPPED, time.strftime("%Y-%m-%d"))
     click.echo(f"bundled {ASSETS}/model.onnx, model-int8.onnx, parity.json, {len(samples)} samples; "
                f"figures updated in {', '.join(p.relative_to(REPO).as_posix() for p in FIGURE_PAGES)}", err=True)

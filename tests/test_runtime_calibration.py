@@ -95,3 +95,14 @@ def test_reliability_counts_every_image_once_and_confidence_one_in_the_last_bin(
     bins = reliability(one_hot, np.array([1, 0]))
     assert bins[-1].count == 1 and bins[-1].confidence == 1.0 and bins[-1].accuracy == 1.0
     assert bins[7].count == 1  # 0.5 lies in (7/15, 8/15]
+
+
+def test_selective_accuracy_counts_what_min_confidence_keeps():
+    from runtime.calibration import selective
+
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, right
+    rows = {r["threshold"]: r for r in selective(probs, labels, thresholds=(0.5, 0.65, 0.99))}
+    assert rows[0.5] == {"threshold": 0.5, "coverage": 1.0, "accuracy": 0.75}
+    assert rows[0.65] == {"threshold": 0.65, "coverage": 0.5, "accuracy": 1.0}
+    assert rows[0.99] == {"threshold": 0.99, "coverage": 0.0, "accuracy": None}

@@ -98,6 +98,12 @@ def test_cifar_eval_cli_prints_table(tiny_run, folder_dataset, tmp_path):
                                                  f"{cal['nll']:.3f}")
     assert str(tmp_path / "e" / "reliability.png") in result.output
     assert (tmp_path / "e" / "reliability.png").is_file()
+    # What --min-confidence keeps, one line per threshold, as report.json records it.
+    assert [r["threshold"] for r in saved["selective"]] == [0.5, 0.7, 0.9]
+    for row in saved["selective"]:
+        right = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+        assert (f"--min-confidence {row['threshold']:g}: {100 * row['coverage']:.1f}% of images labelled, "
+                f"{right} of them right") in lines
 
 
 def test_evaluate_onnx_through_the_runtime(folder_dataset, tmp_path):

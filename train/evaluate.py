@@ -19,6 +19,7 @@ from runtime.batching import predict_in_batches
 from runtime.calibration import ECE_BINS, Bin
 from runtime.calibration import calibration as calibration_of
 from runtime.calibration import reliability as reliability_of
+from runtime.calibration import selective as selective_of
 from runtime.errors import ModelError
 
 from .data import Cifar10, load_cifar10, take_slice
@@ -37,6 +38,8 @@ class EvalReport:
     class_names: list[str]
     calibration: dict = field(default_factory=dict)  # runtime.calibration.Calibration.to_dict()
     reliability: list[dict] = field(default_factory=list)  # its ECE bins: low, high, count, confidence, accuracy
+    # What --min-confidence t keeps: threshold, coverage (share labelled), accuracy of those.
+    selective: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
@@ -46,6 +49,10 @@ class EvalReport:
             c = self.calibration
             lines.append(f"confidence {c['mean_confidence']:.3f} mean top-1; ECE {c['ece']:.3f} "
                          f"({len(self.reliability)} bins); NLL {c['nll']:.3f}")
+        for s in self.selective:
+            right = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
+            lines.append(f"--min-confidence {s['threshold']:g}: {100 * s['coverage']:.1f}% of images labelled, "
+                         f"{right} of them right")
         lines += ["", f"{'class':<12}{'precision':>10}{'recall':>9}{'f1':>8}{'support':>9}"]
         for name, m in self.per_class.items():
             lines.append(f"{name:<12}{100 * m['precision']:>9.1f}%{100 * m['recall']:>8.1f}%"
@@ -118,7 +125,8 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | Cifar10 | None 
     report = EvalReport(model=str(model_path), data=dataset.source, images=len(dataset.y_test),
                         accuracy=float(np.mean(y_pred == dataset.y_test)), per_class=per_class,
                         confusion=confusion.tolist(), class_names=list(dataset.class_names),
-                        calibration=calibration_of(probs, dataset.y_test, ECE_BINS).to_dict(), reliability=bins)
+                        calibration=calibration_of(probs, dataset.y_test, ECE_BINS).to_dict(), reliability=bins,
+                        selective=selective_of(probs, dataset.y_test))
     out_dir = Path(out) if out is not None else model_path.parent / f"eval-{model_path.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
     report.files = {name: str(out_dir / file) for name, file in
