@@ -12,7 +12,7 @@ class TrainConfig:
     model: str = "default"  # a name in train.models.MODELS
     # The optimizer follows airbench94 (KellerJordan/cifar10-airbench), translated from its
     # summed-loss PyTorch form to Keras' mean loss, and run for longer on a narrower network.
-    epochs: int = 55  # full passes over the training split
+    epochs: int = 70  # full passes over the training split
     batch_size: int = 1024  # images per step, summed over replicas
     lr: float = 1.5  # peak learning rate (SGD on the mean loss)
     momentum: float = 0.85  # Nesterov momentum
