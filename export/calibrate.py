@@ -180,7 +180,7 @@ def held_out_training_images(model_path: str | os.PathLike, data: str | os.PathL
         return None, None, (f"no config.json beside {Path(model_path).name}, so which training images the "
                             "model never saw is unknown")
     from train.config import TrainConfig
-    from train.data import load_cifar10, take_slice
+    from train.data import load_for_model, take_slice
     from train.fit import split_validation
 
     saved = json.loads(config_path.read_text())
@@ -190,7 +190,8 @@ def held_out_training_images(model_path: str | os.PathLike, data: str | os.PathL
     source = data if data is not None else saved.get("data")
     if source is None:
         return None, None, "no --data and the run does not record its data"
-    dataset = take_slice(load_cifar10(source, splits=("train",)), config.train_limit, None, seed=config.seed)
+    dataset = take_slice(load_for_model(source, model_path, config.input_size, splits=("train",)),
+                         config.train_limit, None, seed=config.seed)
     split = split_validation(dataset, config.val_images, config.seed)
     if saved.get("validation_images") not in (None, len(split.x_val)):
         return None, None, (f"the data at {source} does not split as the run did ({len(split.x_val)} held-out "

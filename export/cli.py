@@ -23,8 +23,8 @@ PROG = "cifar-export"
               help="Convert the layers as trained: no folding of normalization, BatchNorm and temperature "
                    "into their neighbours (slower; for comparing).")
 @click.option("--data", type=click.Path(path_type=str), default=None,
-              help="CIFAR-10 folder (train/ and test/): parity on the full test split, INT8 calibration "
-                   "on training images. Without it parity uses synthetic inputs.")
+              help="The dataset the model trained on (any form cifar-train reads): parity on its full test "
+                   "split, INT8 calibration on training images. Without it parity uses synthetic inputs.")
 @click.option("--calibration", type=click.Path(path_type=str), default=None,
               help="A folder of images to calibrate INT8 with instead of --data's train split.")
 @click.option("--calib-images", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -55,7 +55,7 @@ PROG = "cifar-export"
 def main(model, output, opset, int8, fp16, no_fold, data, calibration, calib_images, calib_method, min_agreement,
          max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, no_calibrate, tta, test_limit, quiet,
          show_traceback):
-    """Convert a Keras CIFAR-10 model (.keras) to ONNX and prove it gives the same answers.
+    """Convert a Keras model from cifar-train (.keras) to ONNX and prove it gives the same answers.
 
     Writes the ONNX file(s) with self-describing metadata and a parity report beside them;
     exits 4 if a parity threshold is violated (the files and report are still written).

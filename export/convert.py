@@ -22,12 +22,16 @@ OUTPUT_NAME = "probabilities"
 BATCH_DIM = "batch"  # symbolic name of the dynamic batch dimension
 
 
+MIN_INPUT_SIZE = 16  # pixels: train.config.MIN_INPUT_SIZE, the smallest input cifar-train builds
+
+
 @dataclass(frozen=True)
 class KerasSource:
     path: Path
     model: object  # keras.Model
     output_kind: str  # "probabilities" (softmax inside the graph) or "logits"
     class_names: tuple[str, ...]
+    contract: InputContract = InputContract()  # its input size; the rest is the runtime's one contract
 
 
 def _keras():
@@ -36,30 +40,35 @@ def _keras():
     return import_keras()
 
 
-def load_keras(path: str | os.PathLike, contract: InputContract | None = None) -> KerasSource:
-    """Load a ``.keras`` archive in safe mode (no code from the file runs) and check its shape."""
+def load_keras(path: str | os.PathLike) -> KerasSource:
+    """Load a ``.keras`` archive in safe mode (no code from the file runs) and check its shape:
+    one square RGB input of any size, one output of a score per class the run named."""
     from train.models import load_keras_model
 
-    contract = contract or InputContract()
     path = Path(path)
     model = load_keras_model(path)
-    _check_contract(path, model, contract)
-    return KerasSource(path, model, _output_kind(_keras(), model), _class_names(path))
+    contract = _input_contract(path, model)
+    class_names = _class_names(path, _num_classes(path, model))
+    return KerasSource(path, model, _output_kind(_keras(), model), class_names, contract)
 
 
-def _check_contract(path: Path, model, contract: InputContract) -> None:
-    want = (contract.height, contract.width, contract.channels)
-    inputs, outputs = list(model.inputs or []), list(model.outputs or [])
+def _input_contract(path: Path, model) -> InputContract:
+    inputs = list(model.inputs or [])
     if len(inputs) != 1:
         raise ModelError(f"{path}: model has {len(inputs)} inputs, expected one image input")
-    shape = tuple(inputs[0].shape)
-    if shape[1:] != want:
-        raise ModelError(f"{path}: model input is {shape[1:]}, expected {want} "
-                         "(NHWC RGB 32x32x3 raw pixels)")
-    if len(outputs) != 1 or tuple(outputs[0].shape)[1:] != (len(CIFAR10_CLASSES),):
-        got = [tuple(o.shape)[1:] for o in outputs]
-        raise ModelError(f"{path}: model output is {got[0] if len(got) == 1 else got}, "
-                         f"expected ({len(CIFAR10_CLASSES)},) CIFAR-10 class scores")
+    shape = tuple(inputs[0].shape)[1:]
+    if len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1] or not (shape[0] or 0) >= MIN_INPUT_SIZE:
+        raise ModelError(f"{path}: model input is {shape}, expected (32, 32, 3) or another square RGB size "
+                         f"(N, N, 3), N >= {MIN_INPUT_SIZE} (NHWC raw pixels)")
+    return InputContract(height=int(shape[0]), width=int(shape[1]))
+
+
+def _num_classes(path: Path, model) -> int:
+    outputs = [tuple(o.shape)[1:] for o in model.outputs or []]
+    if len(outputs) != 1 or len(outputs[0]) != 1 or not (outputs[0][0] or 0) >= 2:
+        raise ModelError(f"{path}: model output is {outputs[0] if len(outputs) == 1 else outputs}, "
+                         "expected (K,) class scores, K >= 2")
+    return int(outputs[0][0])
 
 
 def _output_kind(keras, model) -> str:
@@ -73,8 +82,9 @@ def _output_kind(keras, model) -> str:
     return "logits"
 
 
-def _class_names(path: Path) -> tuple[str, ...]:
-    """Class names from the training run's config.json beside the model, else CIFAR-10's."""
+def _class_names(path: Path, num_classes: int) -> tuple[str, ...]:
+    """The ``num_classes`` names from the training run's config.json beside the model; CIFAR-10's
+    for a 10-class model without one."""
     import json
 
     config = path.parent / "config.json"
@@ -82,14 +92,18 @@ def _class_names(path: Path) -> tuple[str, ...]:
         names = json.loads(config.read_text()).get("class_names")
     except (OSError, ValueError, AttributeError):
         names = None
-    if isinstance(names, list) and len(names) == len(CIFAR10_CLASSES) and all(isinstance(n, str) for n in names):
+    if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
         return tuple(names)
-    return CIFAR10_CLASSES
+    if names is None and num_classes == len(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    recorded = f"{config} names {len(names)}" if isinstance(names, list) else "no config.json beside it names them"
+    raise ModelError(f"{path}: model output is ({num_classes},), expected ({len(CIFAR10_CLASSES)},) CIFAR-10 "
+                     f"class scores, or a run's config.json naming its {num_classes} classes ({recorded})")
 
 
-def to_onnx(source: KerasSource, opset: int = DEFAULT_OPSET, contract: InputContract | None = None):
+def to_onnx(source: KerasSource, opset: int = DEFAULT_OPSET):
     """Convert with tf2onnx (its Keras 3 path); input NHWC float32 with a dynamic batch."""
-    contract = contract or InputContract()
+    contract = source.contract
     import tensorflow as tf
     import tf2onnx
 
@@ -116,7 +130,7 @@ def _rename_output(graph, old: str, new: str) -> str:
     return new
 
 
-def check_onnx(model_proto, contract: InputContract | None = None) -> None:
+def check_onnx(model_proto, contract: InputContract | None = None, num_classes: int = len(CIFAR10_CLASSES)) -> None:
     """The ONNX checker, then one real run in onnxruntime on a batch of 2."""
     import onnx
 
@@ -128,9 +142,9 @@ def check_onnx(model_proto, contract: InputContract | None = None) -> None:
     session = create_session(model_proto)
     batch_nhwc = np.zeros((2, contract.height, contract.width, contract.channels), np.float32)
     out = session.run(None, {session.get_inputs()[0].name: batch_nhwc})[0]
-    if out.shape != (2, len(CIFAR10_CLASSES)) or not np.all(np.isfinite(out)):
+    if out.shape != (2, num_classes) or not np.all(np.isfinite(out)):
         raise ModelError(f"the converted ONNX model gives output {out.shape} "
-                         f"(finite: {bool(np.all(np.isfinite(out)))}), expected (2, 10)")
+                         f"(finite: {bool(np.all(np.isfinite(out)))}), expected (2, {num_classes})")
 
 
 def save_onnx(model_proto, path: str | os.PathLike) -> int:

@@ -14,8 +14,9 @@ import platform
 from importlib import metadata as _pkg
 from pathlib import Path
 
-from runtime.contract import (FORMAT_VERSION, KEY_CALIBRATION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
-                              KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS, InputContract)
+from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CALIBRATION, KEY_CLASS_NAMES, KEY_FORMAT,
+                              KEY_INPUT, KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS,
+                              InputContract)
 from runtime.session import create_session, model_metadata
 
 PRODUCER = "cifar-edge export"
@@ -84,8 +85,9 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
     model_proto.producer_version = _version_of("cifar-edge")
     label = variant + ("+flip" if views == "flip" else "")
     calibrated = f", temperature {calibration['temperature']:.4g} fitted" if calibration else ""
+    kind = "CIFAR-10" if tuple(class_names) == CIFAR10_CLASSES else f"{len(class_names)}-class"
     model_proto.doc_string = (
-        f"CIFAR-10 classifier ({label}{calibrated}) exported from {provenance_info['source']} "
+        f"{kind} image classifier ({label}{calibrated}) exported from {provenance_info['source']} "
         f"(sha256 {provenance_info['source_sha256'][:12]}). Input: {contract.layout} "
         f"{contract.color_order} {contract.dtype} raw pixels {contract.value_range[0]:g}-"
         f"{contract.value_range[1]:g}, {contract.height}x{contract.width}, resize '{contract.resize}'. "

@@ -1,8 +1,9 @@
 """Parity: run a reference and a candidate model on the same inputs and compare.
 
-Inputs are the CIFAR-10 test split (decoded by ``runtime.preprocess``) or, without data, a
-fixed synthetic set. Each comparison is one ``ParityEntry``; an export's entries make a
-``ParityReport``, written as JSON and printed as a table.
+Inputs are the test split of the model's dataset (prepared by ``runtime.preprocess`` at the
+model's input size) or, without data, a fixed synthetic set of that size. Each comparison is
+one ``ParityEntry``; an export's entries make a ``ParityReport``, written as JSON and printed
+as a table.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from runtime.session import create_session
 BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
 N_RANDOM, N_PATTERNED = 256, 64  # the synthetic set used when no data is given
 
-Predict = Callable[[np.ndarray], np.ndarray]  # (N, 32, 32, 3) float32 → (N, 10) float32
+Predict = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 → (N, classes) float32
 
 
 # --- thresholds ---------------------------------------------------------------------------
@@ -57,45 +58,51 @@ DEFAULT_THRESHOLDS = {
 
 @dataclass(frozen=True)
 class ParityData:
-    batch_nhwc: np.ndarray  # (N, 32, 32, 3) float32 RGB raw 0-255
+    batch_nhwc: np.ndarray  # (N, S, S, 3) float32 RGB raw 0-255
     labels: np.ndarray | None  # (N,) int64, None for synthetic inputs
     description: str
 
 
-def load_test_split(data: str | os.PathLike, limit: int | None = None) -> ParityData:
-    """The CIFAR-10 test split from ``data`` (any layout ``train.data`` reads)."""
-    from train.data import load_cifar10
+def load_test_split(data: str | os.PathLike, limit: int | None = None, input_size: int = 32,
+                    model_path: str | os.PathLike | None = None) -> ParityData:
+    """The test split of ``data`` (any layout ``train.data`` reads) at ``input_size``, as the run
+    of ``model_path`` split it (``train.data.load_for_model``)."""
+    from runtime.contract import CIFAR10_CLASSES
+    from train.data import load_for_model
 
-    cifar = load_cifar10(data, splits=("test",))
-    if len(cifar.x_test) == 0:
+    dataset = load_for_model(data, model_path, input_size, splits=("test",))
+    if len(dataset.x_test) == 0:
         raise DataError(f"{data}: the test split is empty")
-    x, y = cifar.x_test, cifar.y_test
+    x, y = dataset.x_test, dataset.y_test
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    # train.data decodes through runtime.preprocess.load_image and checks every image is
-    # exactly 32x32, so prepare() would not resize them: x.astype(float32) is exactly what
-    # runtime.preprocess.to_batch(prepare(file) for each file) gives the model.
-    return ParityData(x.astype(np.float32), y, f"CIFAR-10 test split, {len(x)} images")
+    # train.data prepares every file through runtime.preprocess.prepare at the model's size:
+    # x.astype(float32) is exactly what runtime.preprocess.to_batch gives the model.
+    name = "CIFAR-10" if dataset.class_names == CIFAR10_CLASSES else \
+        f"{Path(dataset.source).name} ({len(dataset.class_names)} classes)"
+    return ParityData(x.astype(np.float32), y, f"{name} test split, {len(x)} images")
 
 
-def synthetic_inputs(n_random: int = N_RANDOM, n_patterned: int = N_PATTERNED, seed: int = 0) -> ParityData:
-    """Uniform noise plus flat colours, gradients and checkerboards: fixed, no labels."""
+def synthetic_inputs(n_random: int = N_RANDOM, n_patterned: int = N_PATTERNED, seed: int = 0,
+                     size: int = 32) -> ParityData:
+    """Uniform noise plus flat colours, gradients and checkerboards, ``size`` pixels square:
+    fixed, no labels."""
     rng = np.random.default_rng(seed)
-    noise = rng.uniform(0, 255, (n_random, 32, 32, 3))
-    ramp = np.linspace(0, 255, 32)
+    noise = rng.uniform(0, 255, (n_random, size, size, 3))
+    ramp = np.linspace(0, 255, size)
     patterns = []
     for i in range(n_patterned):
         colour = rng.uniform(0, 255, 3)
         kind = i % 4
         if kind == 0:  # flat colour
-            img = np.broadcast_to(colour, (32, 32, 3))
+            img = np.broadcast_to(colour, (size, size, 3))
         elif kind == 1:  # horizontal gradient tinted by the colour
-            img = ramp[None, :, None] * (colour / 255.0)[None, None, :] * np.ones((32, 1, 1))
+            img = ramp[None, :, None] * (colour / 255.0)[None, None, :] * np.ones((size, 1, 1))
         elif kind == 2:  # checkerboard of the colour and its complement
-            board = (np.add.outer(np.arange(32), np.arange(32)) // (1 + i % 8)) % 2
+            board = (np.add.outer(np.arange(size), np.arange(size)) // (1 + i % 8)) % 2
             img = np.where(board[..., None] == 1, colour, 255 - colour)
         else:  # vertical gradient plus mild noise
-            img = ramp[:, None, None] * np.ones((1, 32, 3)) * 0.5 + colour * 0.5 + rng.normal(0, 8, (32, 32, 3))
+            img = ramp[:, None, None] * np.ones((1, size, 3)) * 0.5 + colour * 0.5 + rng.normal(0, 8, (size, size, 3))
         patterns.append(np.clip(img, 0, 255))
     batch = np.concatenate([noise, np.stack(patterns)]).astype(np.float32) if n_patterned else noise.astype(np.float32)
     return ParityData(batch, None, f"synthetic: {n_random} random + {n_patterned} patterned inputs")
@@ -117,19 +124,27 @@ def _session_predictor(session) -> Predict:
     return lambda batch: np.asarray(session.run(None, {input_name: batch})[0], dtype=np.float32)
 
 
-def load_predictor(path: str | os.PathLike) -> tuple[Predict, str]:
-    """(predict, variant) for a ``.keras`` or ``.onnx`` file; variant from the ONNX metadata."""
+class Loaded(NamedTuple):
+    predict: Predict
+    variant: str  # "keras", or an ONNX file's from its metadata
+    input_size: int  # pixels, square
+
+
+def load_predictor(path: str | os.PathLike) -> Loaded:
+    """A ``.keras`` or ``.onnx`` file's predictor, variant (from the ONNX metadata) and input size."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
     if path.suffix == ".keras":
         from .convert import load_keras
 
-        return keras_predictor(load_keras(path).model), "keras"
+        source = load_keras(path)
+        return Loaded(keras_predictor(source.model), "keras", source.contract.height)
     if path.suffix == ".onnx":
         session = create_session(path)
         variant = session.get_modelmeta().custom_metadata_map.get(KEY_VARIANT, "fp32")
-        return _session_predictor(session), variant
+        height = session.get_inputs()[0].shape[1]
+        return Loaded(_session_predictor(session), variant, height if isinstance(height, int) else 32)
     raise ModelError(f"{path}: unknown model type (expected a .keras or .onnx file)")
 
 

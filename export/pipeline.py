@@ -114,7 +114,7 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     source = Path(model_path)
     fp32_path, variant_paths, report_path = output_paths(source, output)
     if config.int8 and data is None and calibration is None:
-        raise DataError("calibration data missing: pass --data DIR (CIFAR-10 with a train split) "
+        raise DataError("calibration data missing: pass --data DIR (the dataset the model trained on) "
                         "or --calibration DIR (a folder of images) for --int8")
     _prepare_output(fp32_path)
     stages: dict[str, float] = {}
@@ -129,17 +129,19 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
         return value
 
     keras_source = timed("load", convert.load_keras, source)
+    contract = keras_source.contract  # the model's input size: data, synthetic inputs, metadata follow it
     source_sha = metadata.sha256_file(source)
     created = metadata.utc_now()
-    parity_data: ParityData = timed("data", load_test_split, data, config.test_limit) if data else synthetic_inputs()
+    parity_data: ParityData = (timed("data", load_test_split, data, config.test_limit, contract.height, source)
+                               if data else synthetic_inputs(size=contract.height))
     calib = held_out = None
     if config.int8:  # fail on missing calibration data before any long work
         if calibration is not None:
             calib = timed("data", calibration_from_folder, calibration, config.int8_config.calib_images,
-                          config.int8_config.seed)
+                          config.int8_config.seed, contract)
         else:
             calib, held_out = timed("data", calibration_from_cifar, data, config.int8_config.calib_images,
-                                    config.int8_config.seed)
+                                    config.int8_config.seed, input_size=contract.height, model_path=source)
 
     held = (None, None, "--no-calibrate")
     if config.calibrate:
@@ -156,7 +158,7 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
 
     folded, folds = timed("fold", fold_for_inference, keras_source.model) if config.fold else (keras_source.model, [])
     fp32_proto = timed("convert", convert.to_onnx, replace(keras_source, model=folded), config.opset)
-    timed("check", convert.check_onnx, fp32_proto)
+    timed("check", convert.check_onnx, fp32_proto, contract, len(keras_source.class_names))
     reference = timed("parity_keras", predict_all, keras_predictor(keras_source.model), parity_data.batch_nhwc,
                       "keras", config.quiet)
 
@@ -217,7 +219,8 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
             prov = metadata.provenance(source, source_sha, config.opset, created, recipe, folds)
             metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
                                     output_kind=keras_source.output_kind, provenance_info=prov,
-                                    parity=entry.for_metadata(), calibration=_held_out_only(fitted), views=view)
+                                    parity=entry.for_metadata(), contract=contract,
+                                    calibration=_held_out_only(fitted), views=view)
             entry.file_size_bytes = timed("save", convert.save_onnx, proto, path)
             report.entries.append(entry)
             result.onnx_paths[name] = path
@@ -269,9 +272,10 @@ def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLik
     from .parity import load_predictor
 
     reference = Path(reference)
-    ref_predict, _ = load_predictor(reference)
-    loaded = [(Path(c), *load_predictor(c)) for c in candidates]
-    parity_data = load_test_split(data, test_limit) if data else synthetic_inputs()
+    ref_predict, _, input_size = load_predictor(reference)
+    loaded = [(Path(c), *load_predictor(c)[:2]) for c in candidates]
+    parity_data = (load_test_split(data, test_limit, input_size, reference) if data
+                   else synthetic_inputs(size=input_size))
     report = ParityReport(reference=str(reference), reference_sha256=metadata.sha256_file(reference),
                           data=parity_data.description, created=metadata.utc_now())
     if parity_data.labels is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.batching import predict_in_batches
+from runtime.contract import InputContract
 from runtime.errors import DataError, ModelError
 from runtime.preprocess import IMAGE_SUFFIXES, prepare, to_batch
 
@@ -42,22 +43,24 @@ class Int8Result:
 
 # --- calibration data ---------------------------------------------------------------------
 
-def calibration_from_cifar(data: str | os.PathLike, n: int, seed: int = 0, n_select: int = 2000):
-    """(calibration batch, held-out (batch, labels) for choosing float layers) from the train split.
+def calibration_from_cifar(data: str | os.PathLike, n: int, seed: int = 0, n_select: int = 2000,
+                           input_size: int = 32, model_path: str | os.PathLike | None = None):
+    """(calibration batch, held-out (batch, labels) for choosing float layers) from the train split
+    of ``data`` (CIFAR-10 or any dataset ``train.data`` reads), at ``input_size``, as the run of
+    ``model_path`` split it.
 
     The two never share an image index (``split_calibration``); the held-out pair is empty when
-    calibration takes the whole split. train.data decodes through runtime.preprocess.load_image
-    and keeps only 32x32 images, for which prepare() is the identity: x.astype(float32) equals
-    runtime.preprocess.to_batch.
+    calibration takes the whole split. train.data prepares every file through
+    runtime.preprocess.prepare: x.astype(float32) equals runtime.preprocess.to_batch.
     """
-    from train.data import load_cifar10
+    from train.data import load_for_model
 
-    cifar = load_cifar10(data, splits=("train",))
-    if len(cifar.x_train) == 0:
+    dataset = load_for_model(data, model_path, input_size, splits=("train",))
+    if len(dataset.x_train) == 0:
         raise DataError(f"{data}: calibration data missing (the train split is empty)")
-    calib, select = split_calibration(len(cifar.x_train), n, n_select, seed)
-    held_out = (cifar.x_train[select].astype(np.float32), cifar.y_train[select])
-    return cifar.x_train[calib].astype(np.float32), held_out
+    calib, select = split_calibration(len(dataset.x_train), n, n_select, seed)
+    held_out = (dataset.x_train[select].astype(np.float32), dataset.y_train[select])
+    return dataset.x_train[calib].astype(np.float32), held_out
 
 
 def split_calibration(n_images: int, n_calib: int, n_held_out: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +98,10 @@ def held_out_apart(calib: np.ndarray, held_out: tuple[np.ndarray, np.ndarray] | 
     return (x, y), notes
 
 
-def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0) -> np.ndarray:
-    """Any folder of images (any size): each goes through runtime.preprocess.prepare."""
+def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0,
+                            contract: InputContract | None = None) -> np.ndarray:
+    """Any folder of images (any size): each goes through runtime.preprocess.prepare to the
+    model's ``contract`` (default: 32x32)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: calibration data missing (no such directory)")
@@ -104,7 +109,7 @@ def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0) ->
     if not files:
         raise DataError(f"{folder}: calibration data missing (no images inside: {', '.join(IMAGE_SUFFIXES)})")
     pick = np.random.default_rng(seed).permutation(len(files))[:n]
-    return to_batch([prepare(files[i]) for i in sorted(pick)])  # (n, 32, 32, 3) float32 raw
+    return to_batch([prepare(files[i], contract) for i in sorted(pick)])  # (n, S, S, 3) float32 raw
 
 
 class _Reader:

@@ -1,11 +1,11 @@
-"""cifar-edge train: fit and evaluate Keras CNNs on CIFAR-10.
+"""cifar-edge train: fit and evaluate Keras CNNs on CIFAR-10 or your own image folders.
 
     from train import TrainConfig, fit, evaluate
     fit(TrainConfig(model="tiny", epochs=1), out="runs/tiny", data="../shared/data/cifar10")
 """
 
 from .config import TrainConfig
-from .data import Cifar10, load_cifar10
+from .data import Cifar10, ImageDataset, load_cifar10, load_dataset
 
 
 def fit(*args, **kwargs):
@@ -20,4 +20,4 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-__all__ = ["TrainConfig", "Cifar10", "load_cifar10", "fit", "evaluate"]
+__all__ = ["TrainConfig", "ImageDataset", "Cifar10", "load_dataset", "load_cifar10", "fit", "evaluate"]

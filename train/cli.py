@@ -10,7 +10,7 @@ import click
 
 from runtime.cli_support import run_cli, traceback_option
 
-from .config import RECIPES, TrainConfig
+from .config import FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig
 from .models import MODELS, PRECISIONS
 
 _D = TrainConfig()
@@ -18,24 +18,34 @@ _D = TrainConfig()
 
 def _recipe_note(field: str) -> str:
     special = [f"{model}: {recipe[field]}" for model, recipe in RECIPES.items() if field in recipe]
+    if field in FINE_TUNE:
+        special.append(f"with --init: {FINE_TUNE[field]}")
     return f" [default: {getattr(_D, field)}" + (f"; {', '.join(special)}" if special else "") + "]"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--data", "data", type=click.Path(), default=None,
-              help="CIFAR-10 on disk: DIR/{train,test}/<class>/*.jpg, cifar-10-batches-py/, or "
-                   "cifar-10-python.tar.gz. Default: Keras' downloader (needs internet).")
-@click.option("--model", type=click.Choice(list(MODELS)), default=_D.model,
+              help="Image folders, any classes (2 to 1,000) and image sizes: DIR/{train,test}/<class>/*.jpg, "
+                   "or DIR/<class>/*.jpg (20% of each class kept for test, recorded in config.json). "
+                   "Or CIFAR-10's cifar-10-batches-py/ or cifar-10-python.tar.gz. "
+                   "Default: CIFAR-10 from Keras' downloader (needs internet).")
+@click.option("--model", type=click.Choice(list(MODELS)), default=None,
               help="quick: ~80% in about 2 minutes on 2 CPU cores; default: the shipped model "
                    "(~89%, about 70 minutes); tiny: for tests; airbench94: a 2M-parameter "
-                   "reference (scripts/reference_run.py).")
+                   f"reference (scripts/reference_run.py). [default: {_D.model}, or --init's]")
+@click.option("--input-size", type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=_D.input_size,
+              help="Model input in pixels (square); every image is centre-cropped and resized to it.")
+@click.option("--init", default=None, metavar="shipped|PATH.keras",
+              help="Start from a saved model's features: 'shipped' (the bundled default model) or a "
+                   ".keras file of the same --model; a new head for your classes, and a fine-tuning "
+                   "schedule (10 epochs, batches of 64, peak learning rate 0.01).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Passes over the training split." + _recipe_note("epochs"))
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per step, at most the training images." + _recipe_note("batch_size"))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate of the one-cycle schedule." + _recipe_note("lr"))
-@click.option("--cutout", type=click.IntRange(min=0, max=32), default=None,
+@click.option("--cutout", type=click.IntRange(min=0), default=None,
               help="Side in pixels of a random square blanked out of each training image (0: off)."
                    + _recipe_note("cutout"))
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_D.precision,
@@ -61,14 +71,15 @@ def _recipe_note(field: str) -> str:
 @click.option("--quiet", is_flag=True,
               help="No progress bars (they are drawn only on a terminal anyway); one line per epoch.")
 @traceback_option
-def main(data, model, epochs, batch_size, lr, cutout, precision, val_images, seed, distribute, limit,
-         test_limit, out, overwrite, resume_dir, quiet, show_traceback):
-    """Train a Keras CNN on CIFAR-10.
+def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precision, val_images, seed, distribute,
+         limit, test_limit, out, overwrite, resume_dir, quiet, show_traceback):
+    """Train a Keras CNN on CIFAR-10 or on your own classes.
 
     \b
     Examples:
       cifar-train --data ../shared/data/cifar10 --model quick --out runs/quick
       cifar-train --data ../shared/data/cifar10 --out runs/default --overwrite
+      cifar-train --data my_photos --init shipped --out runs/mine
 
     Ctrl+C or SIGTERM saves a resumable checkpoint; continue with --resume RUN_DIR.
     """
@@ -84,11 +95,19 @@ def main(data, model, epochs, batch_size, lr, cutout, precision, val_images, see
 
             result = fit(TrainConfig(), out=resume_dir, data=data, resume=True, quiet=quiet_or_auto)
         else:
-            config = TrainConfig.for_model(model, epochs=epochs, batch_size=batch_size, lr=lr, cutout=cutout,
-                                           precision=precision, val_images=val_images, seed=seed,
-                                           distribute=distribute, train_limit=limit, test_limit=test_limit)
-            run_dir = out or f"runs/{model}"
+            from .models import check_init, init_path, saved_architecture
+
+            # No --model: --init's own architecture, else the default.
+            name = model or (saved_architecture(init_path(init)) if init else _D.model)
+            config = TrainConfig.for_model(name, input_size=input_size, init=init, epochs=epochs,
+                                           batch_size=batch_size, lr=lr, cutout=cutout, precision=precision,
+                                           val_images=val_images, seed=seed, distribute=distribute,
+                                           train_limit=limit, test_limit=test_limit)
+            config.check()
+            run_dir = out or f"runs/{name}"
             check_data_path(data)
+            if init:
+                check_init(init, name)
             check_new_run(run_dir, overwrite)
             from .fit import fit
 

@@ -1,45 +1,49 @@
-"""CIFAR-10 loading: an image-folder tree, the official python batches, or Keras' downloader.
+"""Training data: an image-folder dataset of any classes, or CIFAR-10's python batches or
+Keras' downloader.
 
-Every loader returns the same ``Cifar10`` arrays: (N, 32, 32, 3) uint8 RGB images and (N,)
-int labels. Decoded folders are cached as .npy files keyed by the file list, sizes and mtimes,
-so the second run starts at once. Images are decoded through ``runtime.preprocess.load_image``,
-the one decoding path the runtime uses too.
+Every loader returns an ``ImageDataset``: (N, S, S, 3) uint8 RGB images at the model's input
+size S (32 unless asked) and (N,) int labels. Folders (``train.folders``) go through
+``runtime.preprocess.prepare``, the one preprocessing path the runtime uses too, once, and are
+cached; CIFAR-10's arrays are resized through ``runtime.preprocess.prepare_array`` when S is
+not 32.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import tarfile
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
-from runtime.contract import CIFAR10_CLASSES
-from runtime.errors import DataError, ImageError
-from runtime.preprocess import IMAGE_SUFFIXES, load_image
+from runtime.contract import CIFAR10_CLASSES, InputContract
+from runtime.errors import DataError
+from runtime.preprocess import prepare_array
 from runtime.providers import cache_root
-from runtime.atomic import atomic_write
 
-from .progress import progress_bar
+from .folders import SPLITS, decode_split, list_folder, warn_duplicates
+from .runfolder import read_config
 
-IMAGE_SHAPE = (32, 32, 3)
-SPLITS = ("train", "test")
+CIFAR10_SIZE = 32  # CIFAR-10's own images are 32x32
 
 
 @dataclass(frozen=True)
-class Cifar10:
-    x_train: np.ndarray  # (50000, 32, 32, 3) uint8 RGB
-    y_train: np.ndarray  # (50000,) int64 class index
-    x_test: np.ndarray  # (10000, 32, 32, 3) uint8 RGB
-    y_test: np.ndarray  # (10000,) int64
+class ImageDataset:
+    x_train: np.ndarray  # (N, S, S, 3) uint8 RGB, S the input size (CIFAR-10: (50000, 32, 32, 3))
+    y_train: np.ndarray  # (N,) int64 class index
+    x_test: np.ndarray  # (M, S, S, 3) uint8 RGB
+    y_test: np.ndarray  # (M,) int64
     class_names: tuple[str, ...]
     source: str  # where it came from, for config.json / reports
+    # How a folder was split, as config.json records it: {"layout": "train/test"}, or for
+    # DIR/<class>/ {"layout": "flat", ..., "test_files": [...]}; None for CIFAR-10's batches.
+    split: dict | None = None
+
+
+Cifar10 = ImageDataset  # the name from when CIFAR-10 was the only dataset
 
 
 def default_cache_dir() -> Path:
@@ -64,117 +68,85 @@ def check_data_path(data: str | os.PathLike | None) -> None:
                         f"above? --data {path.parent}")
 
 
-def load_cifar10(data: str | os.PathLike | None = None, cache_dir: Path | None = None,
+def load_dataset(data: str | os.PathLike | None = None, cache_dir: Path | None = None,
                  splits: tuple[str, ...] = SPLITS, quiet: bool | None = None,
-                 log: Callable[[str], None] | None = None) -> Cifar10:
-    """Load CIFAR-10 from ``data``: a folder tree, a ``cifar-10-batches-py`` folder, a
-    ``cifar-10-python.tar.gz``, or None for Keras' downloader.
+                 log: Callable[[str], None] | None = None, *, input_size: int = CIFAR10_SIZE,
+                 test_files: Collection[str] | None = None) -> ImageDataset:
+    """Load ``data``: an image folder (``DIR/{train,test}/<class>/`` or ``DIR/<class>/``), a
+    ``cifar-10-batches-py`` folder, a ``cifar-10-python.tar.gz``, or None for Keras' downloader,
+    with images of ``input_size`` pixels square.
 
-    Decoding a folder the first time takes a while (about 30 s for 60,000 JPEGs on 2 cores):
+    test_files: for a ``DIR/<class>/`` folder, the files (relative to DIR) of its test split, as
+        a run recorded them (``load_for_model``); None: the fixed rule of ``train.folders``.
+    Decoding a folder the first time takes a while (about 20 s for 60,000 JPEGs on 2 cores):
     ``log`` gets a line saying so and where the cache goes, with a progress bar on a terminal
-    unless ``quiet``.
+    unless ``quiet``, and a warning when test files are copies of training files.
     """
     check_data_path(data)
     if data is None:
-        return _load_keras_download()
+        return _at_size(_load_keras_download(), input_size)
     path = Path(data)
     if path.is_file():
-        return _load_python_tarball(path)
+        return _at_size(_load_python_tarball(path), input_size)
     if (path / "data_batch_1").exists() or (path / "cifar-10-batches-py").is_dir():
         root = path if (path / "data_batch_1").exists() else path / "cifar-10-batches-py"
-        return _load_python_batches(root)
+        return _at_size(_load_python_batches(root), input_size)
     for name in ("cifar-10-python.tar.gz", "cifar-10-python.tgz"):
         if (path / name).is_file():
-            return _load_python_tarball(path / name)
+            return _at_size(_load_python_tarball(path / name), input_size)
     # Resolved, so "../data" and "/abs/data" share one cache entry.
-    return _load_folder(path.resolve(), cache_dir or default_cache_dir(), splits, quiet, log)
+    return _load_folder(path.resolve(), cache_dir or default_cache_dir(), splits, quiet, log, input_size,
+                        test_files)
+
+
+load_cifar10 = load_dataset  # the name from when CIFAR-10 was the only dataset
+
+
+def load_for_model(data: str | os.PathLike | None, model_path: str | os.PathLike | None, input_size: int,
+                   splits: tuple[str, ...] = SPLITS, quiet: bool | None = None) -> ImageDataset:
+    """The dataset at ``data`` as the run of ``model_path`` saw it: at the model's
+    ``input_size``, and for a ``DIR/<class>/`` folder with the test split the run's config.json
+    (beside the model) recorded. What evaluation, parity and INT8 calibration read."""
+    recorded = recorded_test_files(Path(model_path).parent) if model_path is not None else None
+    return load_dataset(data, splits=splits, quiet=quiet, input_size=input_size, test_files=recorded)
+
+
+def recorded_test_files(run_dir: Path) -> list[str] | None:
+    """The test files a run on a ``DIR/<class>/`` folder recorded in its config.json, else None."""
+    try:
+        split = read_config(run_dir).get("split")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return split.get("test_files") if isinstance(split, dict) else None
+
+
+def _at_size(data: ImageDataset, input_size: int) -> ImageDataset:
+    """CIFAR-10's 32x32 arrays resized to ``input_size`` by the runtime's array path (as is, at 32)."""
+    if input_size == CIFAR10_SIZE:
+        return data
+    contract = InputContract(height=input_size, width=input_size)
+
+    def resize(x: np.ndarray) -> np.ndarray:
+        out = np.empty((len(x), input_size, input_size, 3), np.uint8)
+        for i, image in enumerate(x):
+            out[i] = prepare_array(image, contract)
+        return out
+
+    return replace(data, x_train=resize(data.x_train), x_test=resize(data.x_test))
 
 
 # --- image folders ------------------------------------------------------------------------
 
-def _list_split(root: Path, split: str) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: missing split folder (expected {root}/{{train,test}}/<class>/*.jpg)")
-    class_dirs = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    missing = [c for c in CIFAR10_CLASSES if c not in class_dirs]
-    extra = [c for c in class_dirs if c not in CIFAR10_CLASSES]
-    if missing:
-        raise DataError(f"{split_dir}: class folder(s) missing: {', '.join(missing)}")
-    if extra:
-        raise DataError(f"{split_dir}: unexpected class folder(s): {', '.join(extra)} "
-                        f"(CIFAR-10 has exactly {', '.join(CIFAR10_CLASSES)})")
-    files = []
-    for index, name in enumerate(CIFAR10_CLASSES):
-        for f in sorted((split_dir / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((f, index))
-    if not files:
-        raise DataError(f"{split_dir}: empty split, no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
-    return CIFAR10_CLASSES, files
-
-
-def _cache_key(files: list[tuple[Path, int]]) -> str:
-    digest = hashlib.sha256()
-    for f, label in files:
-        st = f.stat()
-        digest.update(f"{f}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def _decode(item: tuple[Path, int]) -> np.ndarray:
-    path, _ = item
-    try:
-        image = load_image(path)
-    except ImageError as exc:
-        raise DataError(f"unreadable image {exc}") from None
-    if image.size != IMAGE_SHAPE[:2]:
-        raise DataError(f"{path}: image is {image.size[0]}x{image.size[1]}, expected 32x32 "
-                        "(CIFAR-10 images are 32x32 RGB)")
-    return np.asarray(image, dtype=np.uint8)
-
-
-def _load_split(root: Path, split: str, cache_dir: Path, quiet: bool | None = None,
-                log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    _, files = _list_split(root, split)
-    key = _cache_key(files)
-    x_cache = cache_dir / f"{split}-{key}-x.npy"
-    y_cache = cache_dir / f"{split}-{key}-y.npy"
-    if x_cache.exists() and y_cache.exists():
-        try:
-            return np.load(x_cache), np.load(y_cache)
-        except (OSError, ValueError):
-            pass  # a damaged cache is rebuilt below
-    if log is not None:
-        log(f"decoding the {split} split once ({len(files):,} images in {root}); cached in {cache_dir}")
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool, \
-            progress_bar(len(files), f"decoding {split}", "img", quiet) as bar:
-        images = []
-        for image in pool.map(_decode, files, chunksize=256):
-            images.append(image)
-            bar.update(1)
-    if log is not None:
-        log(f"decoded {len(files):,} {split} images in {time.perf_counter() - t0:.0f} s")
-    x = np.stack(images)
-    y = np.asarray([label for _, label in files], dtype=np.int64)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(x_cache, "wb") as fh:
-            np.save(fh, x)
-        with atomic_write(y_cache, "wb") as fh:
-            np.save(fh, y)
-    except OSError:
-        pass  # the cache is an optimisation; an unwritable one must not stop training
-    return x, y
-
-
-def _load_folder(root: Path, cache_dir: Path, splits: tuple[str, ...], quiet: bool | None = None,
-                 log: Callable[[str], None] | None = None) -> Cifar10:
-    empty = np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0,), np.int64)
-    x_train, y_train = _load_split(root, "train", cache_dir, quiet, log) if "train" in splits else empty
-    x_test, y_test = _load_split(root, "test", cache_dir, quiet, log) if "test" in splits else empty
-    return Cifar10(x_train, y_train, x_test, y_test, CIFAR10_CLASSES, str(root))
+def _load_folder(root: Path, cache_dir: Path, splits: tuple[str, ...], quiet: bool | None,
+                 log: Callable[[str], None] | None, input_size: int,
+                 test_files: Collection[str] | None) -> ImageDataset:
+    listing = list_folder(root, test_files, splits)
+    empty = (np.zeros((0, input_size, input_size, 3), np.uint8), np.zeros((0,), np.int64), None)
+    loaded = {split: decode_split(split, listing.files[split], root, cache_dir, input_size, quiet, log)
+              if split in splits else empty for split in SPLITS}
+    if log is not None and all(split in splits for split in SPLITS):
+        warn_duplicates(listing.files["train"], loaded["train"][2], listing.files["test"], loaded["test"][2], log)
+    return ImageDataset(*loaded["train"][:2], *loaded["test"][:2], listing.class_names, str(root), listing.split)
 
 
 # --- official python batches --------------------------------------------------------------
@@ -225,27 +197,27 @@ def _batch_arrays(batch: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), y
 
 
-def _from_batches(read, names_train, name_test, source: str) -> Cifar10:
+def _from_batches(read, names_train, name_test, source: str) -> ImageDataset:
     parts = [_batch_arrays(_unpickle(read(n), n), n) for n in names_train]
     x_test, y_test = _batch_arrays(_unpickle(read(name_test), name_test), name_test)
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     if len(x_train) == 0 or len(x_test) == 0:
         raise DataError(f"{source}: empty split in the CIFAR-10 batches")
-    return Cifar10(x_train, y_train, x_test, y_test, CIFAR10_CLASSES, source)
+    return ImageDataset(x_train, y_train, x_test, y_test, CIFAR10_CLASSES, source)
 
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
-def _load_python_batches(root: Path) -> Cifar10:
+def _load_python_batches(root: Path) -> ImageDataset:
     for n in (*TRAIN_BATCHES, "test_batch"):
         if not (root / n).is_file():
             raise DataError(f"{root / n}: missing CIFAR-10 batch file")
     return _from_batches(lambda n: open(root / n, "rb"), TRAIN_BATCHES, "test_batch", str(root))
 
 
-def _load_python_tarball(path: Path) -> Cifar10:
+def _load_python_tarball(path: Path) -> ImageDataset:
     try:
         with tarfile.open(path, "r:gz") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
@@ -260,7 +232,7 @@ def _load_python_tarball(path: Path) -> Cifar10:
 
 # --- Keras' downloader ----------------------------------------------------------------------
 
-def _load_keras_download() -> Cifar10:
+def _load_keras_download() -> ImageDataset:
     from keras.datasets import cifar10
 
     try:
@@ -270,11 +242,11 @@ def _load_keras_download() -> Cifar10:
         raise DataError(f"could not download CIFAR-10 (no network? {reason}): pass --data DIR with "
                         "the dataset on disk (DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg, or "
                         "the cifar-10-python.tar.gz archive)") from None
-    return Cifar10(x_train, y_train.reshape(-1).astype(np.int64), x_test,
+    return ImageDataset(x_train, y_train.reshape(-1).astype(np.int64), x_test,
                    y_test.reshape(-1).astype(np.int64), CIFAR10_CLASSES, "keras.datasets.cifar10")
 
 
-def take_slice(data: Cifar10, n_train: int | None, n_test: int | None, seed: int = 0) -> Cifar10:
+def take_slice(data: ImageDataset, n_train: int | None, n_test: int | None, seed: int = 0) -> ImageDataset:
     """A class-balanced-ish random subset, for smoke runs and tests."""
     rng = np.random.default_rng(seed)
 
@@ -286,4 +258,4 @@ def take_slice(data: Cifar10, n_train: int | None, n_test: int | None, seed: int
 
     x_train, y_train = pick(data.x_train, data.y_train, n_train)
     x_test, y_test = pick(data.x_test, data.y_test, n_test)
-    return Cifar10(x_train, y_train, x_test, y_test, data.class_names, data.source)
+    return replace(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)

@@ -10,7 +10,8 @@ from runtime.cli_support import run_cli, traceback_option
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("model", type=click.Path())
 @click.option("--data", type=click.Path(), default=None,
-              help="CIFAR-10 on disk (same forms as cifar-train). Default: Keras' downloader.")
+              help="The model's dataset on disk (same forms as cifar-train; a DIR/<class>/ folder is "
+                   "split as the model's run recorded). Default: CIFAR-10 from Keras' downloader.")
 @click.option("--out", type=click.Path(), default=None,
               help="Folder for report.json, confusion.png, grid.png, reliability.png. "
                    "Default: eval-<model> beside the model.")
@@ -18,7 +19,7 @@ from runtime.cli_support import run_cli, traceback_option
 @click.option("--quiet", is_flag=True, help="No progress bar (it is drawn only on a terminal anyway).")
 @traceback_option
 def main(model, data, out, limit, quiet, show_traceback):
-    """Evaluate a .keras or .onnx MODEL on the CIFAR-10 test split.
+    """Evaluate a .keras or .onnx MODEL on the test split of its dataset.
 
     Prints overall accuracy and per-class precision/recall, and writes report.json, a
     confusion matrix and a grid of predictions (misclassified images marked) as PNGs.

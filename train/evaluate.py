@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,9 +23,12 @@ from runtime.calibration import reliability as reliability_of
 from runtime.calibration import selective as selective_of
 from runtime.errors import ModelError
 
-from .data import Cifar10, load_cifar10, take_slice
+from .data import ImageDataset, load_for_model, take_slice
 from .models import load_keras_model
 from .progress import progress_bar
+
+
+LABELLED_CLASSES = 20  # the confusion matrix names classes and prints counts up to this many
 
 
 @dataclass
@@ -60,34 +64,37 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def predict_probabilities(model_path: Path, images_rgb: np.ndarray, batch_size: int = 500,
-                          quiet: bool | None = None) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 RGB → (N, classes) float32 probabilities, for .keras or .onnx.
-    A progress bar on a terminal (``quiet=None``), or when ``quiet`` is False."""
+@dataclass(frozen=True)
+class LoadedModel:
+    predict: Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 raw RGB → (N, classes) float32
+    input_size: int  # S
+    class_names: tuple[str, ...] | None  # as an .onnx file's metadata names them; None for .keras
 
+
+def load_model(model_path: Path) -> LoadedModel:
+    """A ``.keras`` model (TensorFlow) or an ``.onnx`` one (the runtime's own session and contract)."""
     suffix = model_path.suffix.lower()
     if suffix == ".keras":
-        predict = _keras_predictor(model_path)
-    elif suffix == ".onnx":
-        predict = _onnx_predictor(model_path)
-    else:
-        raise ModelError(f"{model_path}: expected a .keras or .onnx model")
+        model = load_keras_model(model_path)
+        return LoadedModel(lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float32),
+                           int(model.inputs[0].shape[1]), None)
+    if suffix == ".onnx":
+        from runtime.classifier import Classifier
+
+        classifier = Classifier(model_path)
+        return LoadedModel(lambda batch: classifier.run(batch)[0], classifier.contract.height,
+                           classifier.class_names)
+    raise ModelError(f"{model_path}: expected a .keras or .onnx model")
+
+
+def predict_probabilities(model: LoadedModel, images_rgb: np.ndarray, batch_size: int = 500,
+                          quiet: bool | None = None) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB → (N, classes) float32 probabilities. A progress bar on a
+    terminal (``quiet=None``), or when ``quiet`` is False."""
     with progress_bar(len(images_rgb), "evaluating", "img", quiet) as bar:
         # The model takes raw 0-255 RGB pixels; scaling is inside its graph.
-        return predict_in_batches(lambda chunk: predict(chunk.astype(np.float32)), images_rgb,
+        return predict_in_batches(lambda chunk: model.predict(chunk.astype(np.float32)), images_rgb,
                                   batch_size, on_batch=bar.update)
-
-
-def _keras_predictor(model_path: Path):
-    model = load_keras_model(model_path)
-    return lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float32)
-
-
-def _onnx_predictor(model_path: Path):
-    from runtime.classifier import Classifier
-
-    classifier = Classifier(model_path)
-    return lambda batch: classifier.run(batch)[0]  # the runtime's own session and contract
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tuple[dict, np.ndarray]:
@@ -105,17 +112,23 @@ def _metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> tuple[dict,
     return per_class, confusion
 
 
-def evaluate(model: str | os.PathLike, data: str | os.PathLike | Cifar10 | None = None,
+def evaluate(model: str | os.PathLike, data: str | os.PathLike | ImageDataset | None = None,
              out: str | os.PathLike | None = None, limit: int | None = None,
              grid_images: int = 64, quiet: bool | None = None) -> EvalReport:
-    """Evaluate ``model`` on the CIFAR-10 test split; write report.json and PNGs into ``out``
-    (default: an ``eval`` folder beside the model)."""
+    """Evaluate ``model`` on the test split of ``data`` (None: CIFAR-10 from Keras' downloader),
+    at the model's input size and, for a ``DIR/<class>/`` folder, with the test split its run
+    recorded; write report.json and PNGs into ``out`` (default: an ``eval`` folder beside the model)."""
     model_path = Path(model)
     if not model_path.exists():
         raise ModelError(f"{model_path}: no such model file")
-    dataset = data if isinstance(data, Cifar10) else load_cifar10(data, splits=("test",))
+    loaded = load_model(model_path)
+    dataset = data if isinstance(data, ImageDataset) else load_for_model(data, model_path, loaded.input_size,
+                                                                         splits=("test",))
     dataset = take_slice(dataset, 0, limit)
-    probs = predict_probabilities(model_path, dataset.x_test, quiet=quiet)
+    if loaded.class_names is not None and tuple(loaded.class_names) != tuple(dataset.class_names):
+        raise ModelError(f"{model_path}: its classes ({', '.join(loaded.class_names[:12])}) are not the "
+                         f"data's ({', '.join(dataset.class_names[:12])})")
+    probs = predict_probabilities(loaded, dataset.x_test, quiet=quiet)
     if probs.shape[1] != len(dataset.class_names):
         raise ModelError(f"{model_path}: outputs {probs.shape[1]} classes, the data has "
                          f"{len(dataset.class_names)}")
@@ -163,13 +176,14 @@ def plot_confusion(confusion: np.ndarray, class_names, path: Path):
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (counts; colour = row share)")
-    for i in range(len(class_names)):
-        for j in range(len(class_names)):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")
+    if len(class_names) <= LABELLED_CLASSES:  # beyond, names and counts would not fit: colours only
+        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+        ax.set_yticks(range(len(class_names)), class_names)
+        for i in range(len(class_names)):
+            for j in range(len(class_names)):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     _save(fig, path)
 

@@ -26,8 +26,8 @@ from runtime.errors import CifarEdgeError
 from . import runfolder
 from .augment import alternating_flips, augment_epoch
 from .config import TrainConfig
-from .data import Cifar10, check_data_path, load_cifar10, take_slice
-from .models import as_float32, build_model, resolve_precision
+from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
+from .models import as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision
 from .optim import BiasScaledSGD, OneCycle
 from .progress import plural, progress_bar
 from .quiet_import import import_keras
@@ -54,9 +54,9 @@ class FitResult:
 
 @dataclass(frozen=True)
 class Split:
-    x_train: np.ndarray  # (N, 32, 32, 3) uint8 RGB
+    x_train: np.ndarray  # (N, S, S, 3) uint8 RGB, S the input size
     y_train: np.ndarray  # (N,) int64
-    x_val: np.ndarray  # (M, 32, 32, 3) uint8 RGB: held out of train, or the test split
+    x_val: np.ndarray  # (M, S, S, 3) uint8 RGB: held out of train, or the test split
     y_val: np.ndarray  # (M,) int64
 
 
@@ -64,7 +64,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | Cifar10 | None = None,
+def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | ImageDataset | None = None,
         resume: bool = False, overwrite: bool = False, quiet: bool | None = None, log: Log = _stderr,
         stop: "StopRequest | None" = None, callbacks: Sequence = ()) -> FitResult:
     """Train ``config.model`` into the run folder ``out``.
@@ -78,7 +78,7 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
     """
     run_dir = Path(out)
     config, state, data = _open_run(config, run_dir, data, resume, overwrite)
-    dataset = _load_dataset(data, config, quiet, log)
+    dataset = _load_dataset(data, config, run_dir if resume else None, quiet, log)
     split = split_validation(dataset, config.val_images, config.seed)
     config = _fit_batches_to_data(config, len(split.x_train), log)
     steps_per_epoch = -(-len(split.x_train) // config.batch_size)  # ceil
@@ -87,12 +87,13 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | C
     if strategy is not None:
         log(f"distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} replicas")
     keras.utils.set_random_seed(config.seed)
-    model = _build_or_load(config, run_dir, resume, strategy, split, len(dataset.class_names), steps_per_epoch)
+    model, init = _build_or_load(config, run_dir, resume, strategy, split, len(dataset.class_names),
+                                 steps_per_epoch, log)
     if resume:
         log(f"resuming {run_dir} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
     else:
-        _start_run_folder(run_dir, config, dataset, data, model, split, overwrite)
+        _start_run_folder(run_dir, config, dataset, data, model, split, overwrite, init)
         log(f"{config.model}: {model.count_params():,} parameters; {len(split.x_train):,} training / "
             f"{len(split.x_val):,} validation images; {plural(config.epochs, 'epoch')} of "
             f"{plural(steps_per_epoch, 'step')}; {config.precision}")
@@ -111,8 +112,11 @@ def _open_run(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite:
         config = TrainConfig.load(run_dir / "config.json")
         data = data if data is not None else saved.get("data")
     else:
-        if not isinstance(data, Cifar10):
+        config.check()
+        if not isinstance(data, ImageDataset):
             check_data_path(data)  # the data first: a missing dataset is the more basic problem
+        if config.init is not None:
+            check_init(config.init, config.model)
         runfolder.check_new_run(run_dir, overwrite)
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         config = config.with_(seed=seed)
@@ -120,8 +124,14 @@ def _open_run(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite:
     return config.with_(precision=resolve_precision(config.precision)), state, data
 
 
-def _load_dataset(data, config: TrainConfig, quiet: bool | None, log: Log) -> Cifar10:
-    dataset = data if isinstance(data, Cifar10) else load_cifar10(data, quiet=quiet, log=log)
+def _load_dataset(data, config: TrainConfig, resumed: Path | None, quiet: bool | None, log: Log) -> ImageDataset:
+    """The dataset at the run's input size; a resumed run on a DIR/<class>/ folder keeps the
+    test split it recorded."""
+    if isinstance(data, ImageDataset):
+        dataset = data
+    else:
+        dataset = load_dataset(data, quiet=quiet, log=log, input_size=config.input_size,
+                               test_files=recorded_test_files(resumed) if resumed else None)
     return take_slice(dataset, config.train_limit, config.test_limit, seed=config.seed)
 
 
@@ -131,7 +141,7 @@ def auto_val_images(n_train: int) -> int:
     return max(1, min(2000, n_train // 10))
 
 
-def split_validation(data: Cifar10, val_images: int | None, seed: int) -> Split:
+def split_validation(data: ImageDataset, val_images: int | None, seed: int) -> Split:
     """A fixed, seeded held-out slice of train (``val_images``; None: ``auto_val_images``), or
     the test split when ``val_images`` is 0."""
     n = len(data.x_train)
@@ -163,28 +173,42 @@ def _fit_batches_to_data(config: TrainConfig, n_train: int, log: Log) -> TrainCo
 
 
 def _build_or_load(config: TrainConfig, run_dir: Path, resume: bool, strategy, split: Split,
-                   n_classes: int, steps_per_epoch: int):
+                   n_classes: int, steps_per_epoch: int, log: Log) -> tuple[object, dict | None]:
+    """(the compiled model, what --init copied into it or None)."""
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     # Layers take the global dtype policy when built (a loaded checkpoint keeps its own).
     with scope, _dtype_policy(config.precision):
         if resume:
-            return keras.saving.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
+            return keras.saving.load_model(run_dir / "last.keras", compile=True, safe_mode=True), None
         model = build_model(config.model, num_classes=n_classes, train_images=split.x_train,
-                            weight_decay=config.weight_decay,
+                            input_size=config.input_size, weight_decay=config.weight_decay,
                             bias_weight_decay=config.weight_decay / config.bias_lr_scale if config.bias_decay else 0.0,
                             whiten_bias=config.whiten_bias_epochs > 0)
+        init = _copy_init(model, config, log) if config.init is not None else None
         compile_model(model, config, steps_per_epoch)
-        return model
+        return model, init
 
 
-def _start_run_folder(run_dir: Path, config: TrainConfig, dataset: Cifar10, data, model, split: Split,
-                      overwrite: bool) -> None:
+def _copy_init(model, config: TrainConfig, log: Log) -> dict:
+    """Start ``model`` from the features of the model ``config.init`` names; say what was copied."""
+    import hashlib
+
+    path = check_init(config.init, config.model)
+    copied, fresh = copy_features(model, load_keras_model(path), path.name)
+    log(f"init: copied {len(copied)} layers from {path} ({', '.join(copied)}); starting fresh: {', '.join(fresh)}")
+    return {"from": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "copied": copied,
+            "fresh": fresh}
+
+
+def _start_run_folder(run_dir: Path, config: TrainConfig, dataset: ImageDataset, data, model, split: Split,
+                      overwrite: bool, init: dict | None) -> None:
     """Create the run folder (only now, when everything before has worked) and config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         runfolder.clear_run(run_dir)
-    meta = {"config": asdict(config), "data": str(data.source) if isinstance(data, Cifar10) else dataset.source,
-            "class_names": list(dataset.class_names), "parameters": int(model.count_params()),
+    meta = {"config": asdict(config), "data": str(data.source) if isinstance(data, ImageDataset) else dataset.source,
+            "class_names": list(dataset.class_names), "input_size": config.input_size, "split": dataset.split,
+            "init": init, "parameters": int(model.count_params()),
             "train_images": len(split.x_train), "validation_images": len(split.x_val),
             "versions": _versions()}
     with atomic_write(run_dir / "config.json") as fh:
@@ -256,7 +280,7 @@ def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(cross-entropy, accuracy) of ``model`` on (N, 32, 32, 3) uint8 images."""
+    """(cross-entropy, accuracy) of ``model`` on (N, S, S, 3) uint8 images."""
     probs = model.predict(x, batch_size=1000, verbose=0)  # (N, classes) float32
     accuracy = float(np.mean(np.argmax(probs, 1) == y))
     loss = float(np.mean(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1))))

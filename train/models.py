@@ -58,14 +58,14 @@ def _l2(keras, weight_decay: float):
 
 
 def build_tiny(num_classes: int = 10, weight_decay: float = 5e-4, logit_scale: float = 1 / 9,
-               bias_weight_decay: float = 0.0,
+               bias_weight_decay: float = 0.0, input_size: int = 32,
                **_) -> "keras.Model":
     """~25k parameters: an epoch on a few thousand images takes seconds. For tests and demos.
     Built like ``default`` (BatchNorm without scale, ReLU, fixed temperature) so the same
-    training recipe suits both."""
+    training recipe suits both. Any ``input_size`` >= 8 (three max pools, then a global one)."""
     import keras
 
-    inputs = keras.Input(shape=(32, 32, 3), dtype="float32", name="image_rgb")
+    inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="image_rgb")
     x = _normalize(keras, inputs)
     for i, width in enumerate((16, 32, 64)):
         x = _conv_bn_relu(keras, x, width, name=f"t{i}", weight_decay=weight_decay,
@@ -110,20 +110,22 @@ def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float, activati
 def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160, 160),
                   train_images: np.ndarray | None = None, logit_scale: float = 1 / 9,
                   weight_decay: float = 5e-4, activation: str = "relu", name: str = "default",
-                  bias_weight_decay: float = 0.0, whiten_bias: bool = True, **_) -> "keras.Model":
+                  bias_weight_decay: float = 0.0, whiten_bias: bool = True, input_size: int = 32,
+                  **_) -> "keras.Model":
     """The edge model we ship: airbench-style, ~0.84M parameters.
 
     raw RGB → normalize → 2x2 patch-whitening conv (kernel fixed, from data; a bias that
     ``train.optim.BiasScaledSGD`` trains for the first epochs only) → ReLU →
     3 × [conv → maxpool/2 → BN → ReLU → conv → BN → ReLU] → global max pool → dense/9 → softmax.
-    Shapes: 32 → 31 (whitening, valid) → 15 → 7 → 3 → 1.
+    Shapes: 32 → 31 (whitening, valid) → 15 → 7 → 3 → 1; any ``input_size`` >= 9 leaves at
+    least one pixel for the global pool (48 → 47 → 23 → 11 → 5).
     """
     import keras
 
-    inputs = keras.Input(shape=(32, 32, 3), dtype="float32", name="image_rgb")
+    inputs = keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="image_rgb")
     x = _normalize(keras, inputs)
     if train_images is not None:
-        kernel = whitening_kernel(train_images[:5000])
+        kernel = whitening_kernel(train_images[:whitening_images(input_size)])
     else:  # rebuilt from a checkpoint: the saved weights replace this placeholder
         kernel = np.zeros((2, 2, 3, 24), np.float32)
     # With a bias the layer is trainable and the optimizer keeps the kernel fixed (a frozen
@@ -150,6 +152,12 @@ def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160
     if train_images is not None:
         _dirac_init(model)
     return model
+
+
+def whitening_images(input_size: int) -> int:
+    """How many training images the whitening kernel is computed from: 5,000 at 32x32 (4.8M
+    patches), fewer at larger sizes so the patches, and their float64 copy, stay that many."""
+    return max(1, 5000 * 31 * 31 // max(input_size - 1, 1) ** 2)
 
 
 def _dirac_init(model) -> None:
@@ -206,9 +214,10 @@ def as_float32(model) -> "keras.Model":
     return clone
 
 
-def load_keras_model(path: str | os.PathLike) -> "keras.Model":
-    """Load a ``.keras`` file in Keras' safe mode (no code from the file runs), with one-line
-    errors for a missing file, a file that is not a Keras archive and a damaged one."""
+def read_keras_config(path: str | os.PathLike) -> dict:
+    """The config.json of a ``.keras`` archive, without Keras; one-line ModelErrors for a missing
+    file, a file that is not a Keras archive and a damaged one."""
+    import json
     import zipfile
 
     from runtime.errors import ModelError
@@ -228,12 +237,26 @@ def load_keras_model(path: str | os.PathLike) -> "keras.Model":
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             bad = archive.testzip()
+            config = archive.read("config.json") if "config.json" in names else None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelError(f"{path}: corrupt .keras archive ({exc})") from None
-    if "config.json" not in names:
+    if config is None:
         raise ModelError(f"{path}: not a Keras model (no config.json in the archive)")
     if bad is not None:
         raise ModelError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
+    try:
+        return json.loads(config)
+    except ValueError as exc:
+        raise ModelError(f"{path}: corrupt .keras archive (config.json: {exc})") from None
+
+
+def load_keras_model(path: str | os.PathLike) -> "keras.Model":
+    """Load a ``.keras`` file in Keras' safe mode (no code from the file runs), with one-line
+    errors for a missing file, a file that is not a Keras archive and a damaged one."""
+    from runtime.errors import ModelError
+
+    path = Path(path)
+    read_keras_config(path)
 
     from . import optim  # noqa: F401  (registers the schedule and optimizer a checkpoint names)
     from .quiet_import import import_keras
@@ -244,6 +267,75 @@ def load_keras_model(path: str | os.PathLike) -> "keras.Model":
     except Exception as exc:  # Keras raises ValueError/TypeError/OSError/zip errors alike
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: cannot load the Keras model ({first[:200]})") from None
+
+
+# --- starting from a saved model's features (--init) ---------------------------------------
+
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "default" / "model.keras"
+HEAD = "logits"  # the one layer that depends on the classes: never copied
+
+
+def init_path(init: str) -> Path:
+    """The ``.keras`` file ``--init`` names: "shipped" is ``SHIPPED_MODEL``."""
+    from runtime.errors import ModelError
+
+    if init == "shipped":
+        if not SHIPPED_MODEL.is_file():
+            raise ModelError(f"{SHIPPED_MODEL}: the shipped model is not in this install; "
+                             "pass --init PATH.keras (a model.keras from a cifar-train run)")
+        return SHIPPED_MODEL
+    if Path(init).suffix != ".keras":
+        raise ModelError(f"{init}: --init takes 'shipped' or a .keras model file")
+    return Path(init)
+
+
+def check_init(init: str, model: str) -> Path:
+    """``init_path(init)``, checked without Keras to hold a ``model`` network: one-line
+    ModelErrors otherwise."""
+    from runtime.errors import ModelError
+
+    path = init_path(init)
+    built_as = saved_architecture(path)
+    if built_as != model:
+        raise ModelError(f"{path}: a '{built_as}' model, not '{model}'; --init copies the layers of the same "
+                         f"architecture: pass --model {built_as}")
+    return path
+
+
+def saved_architecture(path: str | os.PathLike) -> str:
+    """The registry name a saved model was built as ("default", "quick", "tiny"...)."""
+    return str(read_keras_config(path).get("config", {}).get("name", "unknown"))
+
+
+def copy_features(model, source, source_name: str) -> tuple[list[str], list[str]]:
+    """Copy into ``model`` each weight of ``source`` with the same layer name, weight name and
+    shape, except the ``HEAD``, which starts fresh. Returns (layers copied, weights left as built
+    and why). A weight of the same name and another shape is another architecture: ModelError."""
+    from runtime.errors import ModelError
+
+    theirs = {(layer.name, w.name): w for layer in source.layers for w in layer.weights}
+    copied, fresh = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name == HEAD:
+            fresh.append(f"{HEAD} (a new head for {layer.weights[0].shape[-1]} classes)")
+            continue
+        pairs = [(w, theirs.get((layer.name, w.name))) for w in layer.weights]
+        for w, match in pairs:
+            if match is not None and tuple(match.shape) != tuple(w.shape):
+                raise ModelError(f"{source_name}: its {layer.name}/{w.name} is {tuple(match.shape)}, this "
+                                 f"'{model.name}' model's is {tuple(w.shape)}; --init needs the same architecture")
+            if match is None:
+                fresh.append(f"{layer.name}/{w.name} (not in {source_name})")
+            else:
+                w.assign(np.asarray(match.numpy(), dtype=w.dtype))
+        if any(match is not None for _, match in pairs):
+            copied.append(layer.name)
+    if not copied:
+        raise ModelError(f"{source_name}: shares no layer with a '{model.name}' model; --init needs the same "
+                         "architecture")
+    return copied, fresh
 
 
 def build_airbench94(num_classes: int = 10, **kwargs) -> "keras.Model":
