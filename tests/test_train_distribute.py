@@ -165,6 +165,22 @@ def test_a_killed_worker_restarted_with_its_command_resumes_the_run(tmp_path):
     assert int(last.optimizer.iterations.numpy()) == epochs * steps  # no step trained twice
 
 
+def test_sigterm_stops_a_worker_and_the_run_stays_resumable(tmp_path):
+    from train.runfolder import check_resumable, read_state
+
+    data = write_folder_dataset(tmp_path / "data", n_train=400, n_test=20)
+    run = tmp_path / "run"
+    workers = _run_workers(_free_ports(2), ["--data", str(data), *RUN, "--epochs", "4", "--batch-size", "8"],
+                           tmp_path / "logs", [run, run])
+    _poll(lambda: (read_state(run) or {}).get("epoch", 0) >= 1, workers)
+    workers[1].proc.send_signal(signal.SIGTERM)  # what Kubernetes sends a pod it stops
+    stopped, chief = workers[1].wait(), workers[0].wait()
+    assert (stopped, chief) == (130, 138), "\n---\n".join(w.output() for w in workers)
+    assert workers[1].output().strip().splitlines()[-1].startswith("cifar-train: error: stopped by SIGTERM")
+    state = read_state(run)
+    assert 1 <= state["epoch"] < 4 and check_resumable(run, multiworker=True) == state
+
+
 # --- before TensorFlow: TF_CONFIG, the run folder ---------------------------------------------
 
 @pytest.mark.parametrize("tf_config, message", [

@@ -16,6 +16,8 @@ import contextlib
 import json
 import os
 import re
+import signal
+import threading
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +44,12 @@ class WorkerLost(CifarEdgeError):
     """Another worker stopped answering: restarting every worker resumes the run."""
 
     exit_code = ExitCode.RETRY
+
+
+class WorkerStopped(CifarEdgeError):
+    """This worker got SIGTERM: it stops at once, and the others stop too."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -117,11 +125,23 @@ def check_start(run_dir: Path, overwrite: bool) -> Cluster:
 
 def make_strategy():
     """MultiWorkerMirroredStrategy from TF_CONFIG. Create it before any other TensorFlow op: it
-    starts this worker's server and waits until every worker has joined."""
+    starts this worker's server and waits until every worker has joined.
+
+    TensorFlow's coordination service takes SIGTERM over while it starts (to tell a preemption
+    handler this run does not use), so that SIGTERM would do nothing at all; once the strategy
+    stands, SIGTERM stops this worker again (WorkerStopped), for the rest of the process."""
     _fix_keras_fit()
     import tensorflow as tf
 
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    return strategy
+
+
+def _stop_on_sigterm(signum, frame):
+    raise WorkerStopped("stopped by SIGTERM, without a mid-epoch checkpoint; the other workers stop too. Run the "
+                        "command again on every worker: the chief resumes after its last saved epoch")
 
 
 def share_from_chief(strategy, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
