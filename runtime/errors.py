@@ -16,6 +16,10 @@ class ExitCode(enum.IntEnum):
     PARTIAL = 3  # some inputs failed, the others were processed
     THRESHOLD = 4  # a parity or accuracy threshold was violated
     INTERRUPTED = 130  # Ctrl+C / SIGTERM
+    # A worker of a multi-worker run lost another worker: restarting every worker resumes the
+    # run. 138 is the code Kubeflow's training operator keeps for "retryable, user-defined"
+    # (its restartPolicy ExitCode restarts a pod on it, and treats 1 as permanent).
+    RETRY = 138
 
 
 class CifarEdgeError(Exception):

@@ -65,6 +65,19 @@ def write_own_classes(root: Path, layout: str = "split", n_train: int = 30, n_te
     return root
 
 
+def cli_in_subprocess(args, cwd, env: dict | None = None):
+    """Run cifar-train's main in a fresh interpreter; report its exit code, stderr and whether
+    TensorFlow got imported (``print`` of ``exit CODE True|False`` on stdout)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom train.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'tensorflow' in sys.modules)\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120, env=None if env is None else {**os.environ, **env})
+
+
 def has_module(name: str) -> bool:
     import importlib.util
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers import cli_in_subprocess
+
 pytest.importorskip("tensorflow")
 
 FAST = dict(model="tiny", batch_size=16, val_images=10, seed=3, epochs=1)
@@ -117,18 +119,8 @@ def test_overwrite_trains_again_and_messages_say_what_to_type(folder_dataset, tm
 
 # -- the CLI: validated before TensorFlow, nothing created on failure ------------------------
 
-def _cli_in_subprocess(args, cwd):
-    """Run cifar-train's main in a fresh interpreter; report its exit code, stderr and whether
-    TensorFlow got imported."""
-    code = ("import sys\nfrom train.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    print('exit', e.code, 'tensorflow' in sys.modules)\n")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
-
-
 def test_unknown_model_refused_before_tensorflow_creating_nothing(tmp_path):
-    out = _cli_in_subprocess(["--model", "huge"], tmp_path)
+    out = cli_in_subprocess(["--model", "huge"], tmp_path)
     assert out.stdout.split() == ["exit", "2", "False"]
     assert "'huge' is not one of 'tiny', 'quick', 'default', 'airbench94'" in out.stderr
     assert list(tmp_path.iterdir()) == []
@@ -136,7 +128,7 @@ def test_unknown_model_refused_before_tensorflow_creating_nothing(tmp_path):
 
 def test_missing_data_reported_before_the_run_folder(folder_dataset, tmp_path):
     _fit({}, tmp_path / "run", folder_dataset)  # a finished run is in the way too
-    out = _cli_in_subprocess(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], tmp_path)
+    out = cli_in_subprocess(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], tmp_path)
     assert out.stdout.split() == ["exit", "1", "False"]
     assert out.stderr.strip().splitlines() == [
         f"cifar-train: error: {tmp_path / 'nowhere'}: no such file or directory "

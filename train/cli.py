@@ -55,8 +55,10 @@ def _recipe_note(field: str) -> str:
               help="Training images held out to pick the best epoch; 0: validate on the test split. "
                    "[default: 10% of the training split, at most 2,000]")
 @click.option("--seed", type=int, default=None, help="Random seed; same seed, same machine, same run.")
-@click.option("--distribute", type=click.Choice(["none", "mirrored"]), default=_D.distribute,
-              help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or 2 logical CPUs).")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default=_D.distribute,
+              help="mirrored: tf.distribute.MirroredStrategy over all GPUs (or 2 logical CPUs); multiworker: "
+                   "several machines, each running this same command with its own TF_CONFIG "
+                   "(docs/training.md, \"More machines\").")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only this many training images (quick smoke runs).")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None,
@@ -82,10 +84,13 @@ def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precisio
       cifar-train --data my_photos --init shipped --out runs/mine
 
     Ctrl+C or SIGTERM saves a resumable checkpoint; continue with --resume RUN_DIR.
+    With --distribute multiworker, every worker runs the same command and running it again
+    resumes the run.
     """
 
     def body():
         from .data import check_data_path
+        from .multiworker import check_start
         from .runfolder import check_new_run, check_resumable
 
         quiet_or_auto = True if quiet else None  # None: progress bars only on a terminal
@@ -108,10 +113,17 @@ def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precisio
             check_data_path(data)
             if init:
                 check_init(init, name)
-            check_new_run(run_dir, overwrite)
+            if distribute == "multiworker":
+                check_start(run_dir, overwrite)  # TF_CONFIG; on the chief, the run folder
+            else:
+                check_new_run(run_dir, overwrite)
             from .fit import fit
 
             result = fit(config, out=run_dir, data=data, overwrite=overwrite, quiet=quiet_or_auto)
+        if result.run_dir is None:
+            click.echo(f"done: this worker trained the run to epoch {result.epochs_done} "
+                       f"({result.seconds / 60:.1f} min); the chief saved the model in its run folder")
+            return
         click.echo(f"done: best validation accuracy {100 * result.best_val_acc:.2f}% after "
                    f"{result.epochs_done} epochs ({result.seconds / 60:.1f} min); model: {result.run_dir / 'model.keras'}")
 

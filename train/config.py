@@ -52,7 +52,7 @@ class TrainConfig:
     # 2,000 (train.fit.auto_val_images); 0: validate on the test split instead.
     val_images: int | None = None
     seed: int | None = None  # None: a random seed, recorded in config.json
-    distribute: str = "none"  # "none" or "mirrored"
+    distribute: str = "none"  # "none", "mirrored" (one machine) or "multiworker" (TF_CONFIG's cluster)
     train_limit: int | None = None  # use only this many training images (smoke runs)
     test_limit: int | None = None  # use only this many test images (smoke runs)
 

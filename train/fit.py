@@ -23,7 +23,7 @@ import numpy as np
 from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError
 
-from . import runfolder
+from . import multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
@@ -46,7 +46,7 @@ class Interrupted(CifarEdgeError):
 
 @dataclass
 class FitResult:
-    run_dir: Path
+    run_dir: Path | None  # None: a worker of a cluster other than the chief, which writes nothing
     best_val_acc: float
     epochs_done: int
     seconds: float
@@ -75,39 +75,70 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | I
     stop: a ``StopRequest`` to end training early (Ctrl+C/SIGTERM set one when it is None).
     callbacks: extra Keras callbacks, called before the built-in one at every step (so a stop
         they request takes effect at that same step).
+
+    ``config.distribute == "multiworker"``: this process is one worker of the cluster in
+    TF_CONFIG (``train.multiworker``); the chief resumes the unfinished multi-worker run in
+    ``out`` by itself, and only the chief writes. ``stop`` is refused there: a worker that stops
+    alone leaves the others waiting.
     """
     run_dir = Path(out)
-    config, state, data = _open_run(config, run_dir, data, resume, overwrite)
-    dataset = _load_dataset(data, config, run_dir if resume else None, quiet, log)
+    cluster = multiworker.read_cluster() if config.distribute == "multiworker" else None
+    if cluster is not None and stop is not None:
+        raise CifarEdgeError("a stop request cannot end a multi-worker run: a worker that stops alone leaves "
+                             "the others waiting")
+    with multiworker.lost_workers_as_error(cluster, run_dir):
+        return _fit(config, run_dir, data, resume, overwrite, quiet, log, stop or StopRequest(), list(callbacks),
+                    cluster)
+
+
+def _fit(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None, log: Log,
+         stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None") -> FitResult:
+    chief = cluster is None or cluster.is_chief
+    config, state, data, resume = _open_run(config, run_dir, data, resume, overwrite, cluster)
+    strategy = setup_devices(config.distribute)  # a multi-worker strategy must come before any other op
+    if cluster is not None:
+        config, state = multiworker.share_run(strategy, cluster, config, state)
+    dataset = _load_dataset(data, config, run_dir if resume and chief else None, quiet, log)
     split = split_validation(dataset, config.val_images, config.seed)
     config = _fit_batches_to_data(config, len(split.x_train), log)
+    if cluster is not None:
+        split = _fill_last_batch(split, config.batch_size, strategy.num_replicas_in_sync, log)
     steps_per_epoch = -(-len(split.x_train) // config.batch_size)  # ceil
 
-    strategy = setup_devices(config.distribute)
     if strategy is not None:
-        log(f"distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} replicas")
+        log(_distributing(strategy, cluster, config))
     keras.utils.set_random_seed(config.seed)
-    model, init = _build_or_load(config, run_dir, resume, strategy, split, len(dataset.class_names),
-                                 steps_per_epoch, log)
-    if resume:
-        log(f"resuming {run_dir} at epoch {state['epoch'] + 1}/{config.epochs}"
+    # In a cluster every worker builds the model alike (the strategy pairs their variables in the
+    # order they are made), then takes the chief's weights: its last.keras when it resumes.
+    model, init = _build_or_load(config, run_dir, resume and cluster is None, strategy, split,
+                                 len(dataset.class_names), steps_per_epoch, log)
+    if cluster is not None:
+        multiworker.share_state(strategy, cluster, model, split, run_dir / "last.keras" if resume else None)
+    if resume or state["epoch"]:
+        log(f"resuming {run_dir if chief else 'the run of the chief'} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
-    else:
+    elif chief:
         _start_run_folder(run_dir, config, dataset, data, model, split, overwrite, init)
         log(f"{config.model}: {model.count_params():,} parameters; {len(split.x_train):,} training / "
             f"{len(split.x_val):,} validation images; {plural(config.epochs, 'epoch')} of "
             f"{plural(steps_per_epoch, 'step')}; {config.precision}")
-    return _train_epochs(model, config, split, run_dir, state, steps_per_epoch, quiet, log,
-                         stop or StopRequest(), list(callbacks))
+    return _train_epochs(model, config, split, run_dir, state, steps_per_epoch, quiet, log, stop, callbacks,
+                         writes=chief)
 
 
 # --- the steps ------------------------------------------------------------------------------
 
-def _open_run(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool):
-    """(config, state, data) for a new or resumed run; refuses, creating nothing, when the data
-    or the run folder will not do. "auto" settings become what this machine uses."""
+def _open_run(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool,
+              cluster: "multiworker.Cluster | None"):
+    """(config, state, data, resume) for a new or resumed run; refuses, creating nothing, when
+    the data or the run folder will not do. "auto" settings become what this machine uses.
+    In a cluster, the chief resumes the unfinished multi-worker run in ``run_dir`` (a restarted
+    job runs its first command again); the other workers open nothing and take the chief's run."""
+    if cluster is not None and not cluster.is_chief:
+        return config, dict(runfolder.NEW_STATE), data, False
+    resume = resume or (cluster is not None and runfolder.unfinished_multiworker_run(run_dir))
     if resume:
-        state = runfolder.check_resumable(run_dir)
+        state = runfolder.check_resumable(run_dir, multiworker=cluster is not None)
         saved = runfolder.read_config(run_dir)
         config = TrainConfig.load(run_dir / "config.json")
         data = data if data is not None else saved.get("data")
@@ -121,7 +152,7 @@ def _open_run(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite:
         seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little")
         config = config.with_(seed=seed)
         state = dict(runfolder.NEW_STATE)
-    return config.with_(precision=resolve_precision(config.precision)), state, data
+    return config.with_(precision=resolve_precision(config.precision)), state, data, resume
 
 
 def _load_dataset(data, config: TrainConfig, resumed: Path | None, quiet: bool | None, log: Log) -> ImageDataset:
@@ -172,6 +203,32 @@ def _fit_batches_to_data(config: TrainConfig, n_train: int, log: Log) -> TrainCo
     return config
 
 
+def _fill_last_batch(split: Split, batch_size: int, replicas: int, log: Log) -> Split:
+    """A multi-worker split whose last batch has an image for every replica: one with none would
+    train on an empty batch, which BatchNormalization cannot. The few images left over are
+    dropped (the split's last ones, the same on every worker)."""
+    if batch_size < replicas:
+        raise CifarEdgeError(f"--batch-size {batch_size} is less than the {replicas} replicas of the cluster: "
+                             f"every replica needs an image of each batch; use --batch-size {replicas} or more")
+    extra = len(split.x_train) % batch_size
+    if not 0 < extra < replicas:
+        return split
+    log(f"leaving out {plural(extra, 'training image')}: the last batch of an epoch needs one image for each "
+        f"of the {replicas} replicas")
+    keep = len(split.x_train) - extra
+    return Split(split.x_train[:keep], split.y_train[:keep], split.x_val, split.y_val)
+
+
+def _distributing(strategy, cluster: "multiworker.Cluster | None", config: TrainConfig) -> str:
+    replicas = strategy.num_replicas_in_sync
+    # MultiWorkerMirroredStrategy's class is called CollectiveAllReduceStrategy.
+    name = type(strategy).__name__ if cluster is None else "MultiWorkerMirroredStrategy"
+    return (f"distributing with {name} over {plural(replicas, 'replica')}"
+            + (f" ({cluster.name} of {plural(cluster.size, 'worker')})" if cluster is not None else "")
+            + f": batch {config.batch_size:,} in all, {config.batch_size // replicas:,} per replica; "
+              f"--lr {config.lr:g} is for the global batch")
+
+
 def _build_or_load(config: TrainConfig, run_dir: Path, resume: bool, strategy, split: Split,
                    n_classes: int, steps_per_epoch: int, log: Log) -> tuple[object, dict | None]:
     """(the compiled model, what --init copied into it or None)."""
@@ -216,14 +273,19 @@ def _start_run_folder(run_dir: Path, config: TrainConfig, dataset: ImageDataset,
 
 
 def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state: dict, steps_per_epoch: int,
-                  quiet: bool | None, log: Log, stop: "StopRequest", callbacks: list) -> FitResult:
+                  quiet: bool | None, log: Log, stop: "StopRequest", callbacks: list, writes: bool = True) -> FitResult:
+    """Train from ``state`` to the last epoch. ``writes``: evaluate each epoch and write the run
+    folder (False: a worker of a cluster other than the chief, which only trains)."""
+    multiworker_run = config.distribute == "multiworker"
     # Validation and model.keras use a float32 twin of a mixed-precision model: what is
-    # measured here is what gets exported.
-    model32 = as_float32(model)
+    # measured here is what gets exported. In a cluster the twin is always a copy outside the
+    # strategy, so that the chief evaluates alone, with no collective op for the others to join.
+    model32 = as_float32(model, copy=multiworker_run) if writes else None
     lookahead = Lookahead(model, steps_per_epoch * config.epochs) if config.lookahead else None
-    rows = runfolder.read_history(run_dir)
+    rows = [r for r in runfolder.read_history(run_dir) if r["epoch"] <= state["epoch"]] if writes else []
     t_start = time.perf_counter()
-    with stop.on_signals():
+    # No signal handlers in a cluster: a worker that stopped alone would leave the others waiting.
+    with stop.on_signals() if not multiworker_run else contextlib.nullcontext():
         for epoch in range(state["epoch"], config.epochs):
             first_step = state["step"]
             seconds, steps_done, loss, train_acc = _train_one_epoch(
@@ -236,6 +298,11 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                                   f"checkpoint saved. Resume with: cifar-train --resume {run_dir}")
             if lookahead is not None and epoch + 1 == config.epochs:
                 lookahead.finish()  # the model ends as the average, as in airbench
+            trained = f"epoch {epoch + 1:>3}/{config.epochs}  loss {loss:.4f}  train acc {100 * train_acc:5.2f}%  "
+            if model32 is None:  # not the chief: it only trains
+                state.update(epoch=epoch + 1)
+                log(f"{trained}{seconds:6.1f}s (the chief evaluates and saves)")
+                continue
             if model32 is not model:
                 model32.set_weights(model.get_weights())
             val_loss, val_acc = evaluate(model32, split.x_val, split.y_val)
@@ -245,13 +312,12 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                    "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
             rows.append(row)
             improved = _save_epoch(model, model32, run_dir, state, rows, epoch + 1 == config.epochs)
-            log(f"epoch {epoch + 1:>3}/{config.epochs}  loss {loss:.4f}  train acc {100 * train_acc:5.2f}%  "
-                f"val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
+            log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
                 f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s")
             if stop.is_set():
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
                                   f"Resume with: cifar-train --resume {run_dir}")
-    return FitResult(run_dir, state["best_val_acc"], state["epoch"], time.perf_counter() - t_start)
+    return FitResult(run_dir if writes else None, state["best_val_acc"], state["epoch"], time.perf_counter() - t_start)
 
 
 def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first_step: int, steps_per_epoch: int,
@@ -288,7 +354,7 @@ def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _save_epoch(model, model32, run_dir: Path, state: dict, rows: list[dict], last_epoch: bool) -> bool:
-    """model.keras if the epoch is the best so far, then last.keras, state, history, curves.
+    """model.keras if the epoch is the best so far, then history, last.keras, state, curves.
     Returns whether the epoch improved."""
     row = rows[-1]
     improved = row["val_acc"] > state["best_val_acc"]
@@ -297,8 +363,10 @@ def _save_epoch(model, model32, run_dir: Path, state: dict, rows: list[dict], la
         with atomic_path(run_dir / "model.keras") as tmp:
             model32.save(tmp)
     state.update(epoch=row["epoch"], step=0, finished=last_epoch)
-    _checkpoint(model, run_dir, state)
+    # history.csv before state.json: a run stopped in between resumes at the epoch state.json
+    # names, and drops the rows after it (_train_epochs), so no row goes missing or twice.
     runfolder.write_history(run_dir, rows)
+    _checkpoint(model, run_dir, state)
     runfolder.plot_curves(rows, run_dir / "curves.png")
     return improved
 
@@ -418,8 +486,10 @@ def setup_devices(distribute: str, cpu_replicas: int = 2):
     """Return a tf.distribute strategy (or None). Must run before TensorFlow builds anything."""
     if distribute == "none":
         return None
+    if distribute == "multiworker":
+        return multiworker.make_strategy()
     if distribute != "mirrored":
-        raise CifarEdgeError(f"unknown --distribute {distribute!r}; choose none or mirrored")
+        raise CifarEdgeError(f"unknown --distribute {distribute!r}; choose none, mirrored or multiworker")
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

@@ -191,13 +191,13 @@ def resolve_precision(precision: str, flags: set[str] | None = None) -> str:
     return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
 
 
-def as_float32(model) -> "keras.Model":
-    """The model with every layer computing in float32: ``model`` itself if it already does,
-    else a copy with the same weights (what gets saved and exported after mixed-precision
-    training, so ONNX never sees bfloat16)."""
+def as_float32(model, copy: bool = False) -> "keras.Model":
+    """The model with every layer computing in float32: ``model`` itself if it already does
+    (unless ``copy``), else a copy with the same weights (what gets saved and exported after
+    mixed-precision training, so ONNX never sees bfloat16)."""
     import keras
 
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+    if not copy and all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
 
     def to_float32(node):

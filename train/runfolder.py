@@ -8,7 +8,8 @@
     curves.png     loss and accuracy per epoch
 
 Every file is written atomically. Nothing here imports TensorFlow, so the checks run before
-the 6-second import and a refused command creates nothing.
+the 6-second import and a refused command creates nothing. In a multi-worker run only the chief
+writes the folder, and an unfinished one is resumed by running its command again.
 """
 
 from __future__ import annotations
@@ -61,13 +62,18 @@ def check_new_run(run_dir: Path, overwrite: bool = False) -> None:
         "--overwrite to train it again from scratch, or choose another --out")
 
 
-def check_resumable(run_dir: Path) -> dict:
-    """The saved state of an unfinished run in ``run_dir``; one-line errors otherwise."""
+def check_resumable(run_dir: Path, multiworker: bool = False) -> dict:
+    """The saved state of an unfinished run in ``run_dir``; one-line errors otherwise.
+    ``multiworker``: resumed by the chief of a cluster (a multi-worker run resumes only so)."""
     run_dir = Path(run_dir)
     state = read_state(run_dir)
     if not (run_dir / "last.keras").exists() or state is None or not (run_dir / "config.json").exists():
         raise CifarEdgeError(f"{run_dir}: nothing to resume (no last.keras/state.json/config.json); "
                              f"start a run there with cifar-train --out {run_dir}")
+    if _distribute(run_dir) == "multiworker" and not multiworker:
+        raise CifarEdgeError(f"{run_dir}: that run trains on several machines (--distribute multiworker); to "
+                             "continue it, run its cifar-train command again on every worker: the chief "
+                             "resumes it from here")
     if state.get("finished"):
         model = run_dir / "model.keras"
         raise CifarEdgeError(
@@ -75,6 +81,21 @@ def check_resumable(run_dir: Path) -> dict:
             f"{model}. Export it with: cifar-export {model} (or train it again: the original "
             "command plus --overwrite)")
     return state
+
+
+def unfinished_multiworker_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an unfinished multi-worker run: the chief of a cluster resumes
+    it when its command runs again (a restarted job), without --resume."""
+    state = read_state(run_dir)
+    return (state is not None and not state.get("finished") and (Path(run_dir) / "last.keras").exists()
+            and _distribute(run_dir) == "multiworker")
+
+
+def _distribute(run_dir: Path) -> str | None:
+    try:
+        return read_config(run_dir).get("config", {}).get("distribute")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def clear_run(run_dir: Path) -> None:
