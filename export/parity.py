@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.atomic import atomic_write
 from runtime.batching import predict_in_batches
-from runtime.contract import KEY_VARIANT
+from runtime.contract import KEY_VARIANT, KEY_VIEWS, calibration_of
 from runtime.errors import DataError, ModelError, ThresholdError
 from runtime.session import create_session
 
@@ -128,10 +128,13 @@ class Loaded(NamedTuple):
     predict: Predict
     variant: str  # "keras", or an ONNX file's from its metadata
     input_size: int  # pixels, square
+    views: str = "single"  # "flip": the file averages each image with its mirror
+    calibration: dict | None = None  # the temperature baked in and what it was fitted on, if any
 
 
 def load_predictor(path: str | os.PathLike) -> Loaded:
-    """A ``.keras`` or ``.onnx`` file's predictor, variant (from the ONNX metadata) and input size."""
+    """A ``.keras`` or ``.onnx`` file's predictor, variant, input size, views and calibration
+    (the last three from the ONNX metadata; a ``.keras`` file has one view and no temperature)."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
@@ -142,9 +145,10 @@ def load_predictor(path: str | os.PathLike) -> Loaded:
         return Loaded(keras_predictor(source.model), "keras", source.contract.height)
     if path.suffix == ".onnx":
         session = create_session(path)
-        variant = session.get_modelmeta().custom_metadata_map.get(KEY_VARIANT, "fp32")
+        meta = session.get_modelmeta().custom_metadata_map
         height = session.get_inputs()[0].shape[1]
-        return Loaded(_session_predictor(session), variant, height if isinstance(height, int) else 32)
+        return Loaded(_session_predictor(session), meta.get(KEY_VARIANT, "fp32"),
+                      height if isinstance(height, int) else 32, meta.get(KEY_VIEWS, "single"), calibration_of(meta))
     raise ModelError(f"{path}: unknown model type (expected a .keras or .onnx file)")
 
 

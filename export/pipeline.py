@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from runtime.contract import KEY_CALIBRATION
 from runtime.errors import DataError, ModelError
 
 from runtime.calibration import calibration as calibration_figures
@@ -242,18 +241,6 @@ def _calibrate(proto, held, name: str, quiet: bool | None):
     return bake_temperature(proto, temperature), record
 
 
-def _views_and_temperature(path: Path) -> dict:
-    """What an ONNX candidate does beyond the network: its views and baked temperature (a
-    .keras candidate: neither)."""
-    if path.suffix != ".onnx":
-        return {"views": "single", "temperature": None, "fitted_on": None}
-    from runtime.session import create_session, model_metadata
-
-    meta = model_metadata(create_session(path), path)
-    fitted = meta.decoded().get(KEY_CALIBRATION) or {}
-    return {"views": meta.views, "temperature": meta.temperature, "fitted_on": fitted.get("fitted_on")}
-
-
 def _held_out_only(fitted: dict | None) -> dict | None:
     """What the ONNX file records of its calibration: not the test-split figures (those are the
     parity report's), so a file never carries figures about the data it is judged on twice."""
@@ -272,8 +259,8 @@ def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLik
     from .parity import load_predictor
 
     reference = Path(reference)
-    ref_predict, _, input_size = load_predictor(reference)
-    loaded = [(Path(c), *load_predictor(c)[:2]) for c in candidates]
+    ref_predict, _, input_size, *_ = load_predictor(reference)
+    loaded = [(Path(c), load_predictor(c)) for c in candidates]
     parity_data = (load_test_split(data, test_limit, input_size, reference) if data
                    else synthetic_inputs(size=input_size))
     report = ParityReport(reference=str(reference), reference_sha256=metadata.sha256_file(reference),
@@ -284,29 +271,29 @@ def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLik
     ref_out = predict_all(ref_predict, parity_data.batch_nhwc, reference.name, quiet)
     ref_mirror = None
     report.stages["reference"] = round(time.perf_counter() - start, 2)
-    for path, predict, variant in loaded:
+    for path, candidate in loaded:
         start = time.perf_counter()
-        meta = _views_and_temperature(path)
+        temperature = candidate.calibration["temperature"] if candidate.calibration else None
         expected = ref_out
-        if meta["views"] == "flip":  # the candidate averages each image with its mirror: so does the reference
+        if candidate.views == "flip":  # the candidate averages each image with its mirror: so does the reference
             if ref_mirror is None:
                 ref_mirror = predict_all(ref_predict, parity_data.batch_nhwc[:, :, ::-1], f"{reference.name} mirrored",
                                          quiet)
             expected = mirror_average(ref_out, ref_mirror)
-        if meta["temperature"] is not None:  # calibrated: the reference gets the same temperature
-            expected = with_temperature(expected, meta["temperature"])
-        out = predict_all(predict, parity_data.batch_nhwc, path.name, quiet)
-        gates = DEFAULT_THRESHOLDS.get(variant, DEFAULT_THRESHOLDS["fp32"])
+        if temperature is not None:  # calibrated: the reference gets the same temperature
+            expected = with_temperature(expected, temperature)
+        out = predict_all(candidate.predict, parity_data.batch_nhwc, path.name, quiet)
+        gates = DEFAULT_THRESHOLDS.get(candidate.variant, DEFAULT_THRESHOLDS["fp32"])
         if thresholds is not None:
             gates = gates.override(**{k: getattr(thresholds, k) for k in thresholds.__dataclass_fields__})
-        entry = compare(expected, out, parity_data.labels, gates, variant=variant, file=str(path),
+        entry = compare(expected, out, parity_data.labels, gates, variant=candidate.variant, file=str(path),
                         data=parity_data.description)
-        entry.views = meta["views"]
-        if meta["temperature"] is not None:
-            entry.calibration = {"temperature": meta["temperature"], "fitted_on": meta["fitted_on"]}
+        entry.views = candidate.views
+        if temperature is not None:
+            entry.calibration = {"temperature": temperature, "fitted_on": candidate.calibration.get("fitted_on")}
             if parity_data.labels is not None:
                 entry.calibration["test"] = {
-                    "before": calibration_figures(with_temperature(out, 1 / meta["temperature"]),
+                    "before": calibration_figures(with_temperature(out, 1 / temperature),
                                                   parity_data.labels).to_dict(),
                     "after": calibration_figures(out, parity_data.labels).to_dict()}
         entry.file_size_bytes = path.stat().st_size

@@ -66,6 +66,16 @@ class InputContract:
         return cls(**known)
 
 
+def calibration_of(meta: Mapping[str, str]) -> dict | None:
+    """The ``KEY_CALIBRATION`` record of a metadata map (temperature, what it was fitted on,
+    ECE/NLL before and after), or None for an uncalibrated file or an unreadable value."""
+    try:
+        calibration = json.loads(meta.get(KEY_CALIBRATION, "null"))
+    except ValueError:
+        return None
+    return calibration if isinstance(calibration, dict) and "temperature" in calibration else None
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What a cifar-edge ONNX file says about itself, read from its metadata_props."""
@@ -85,11 +95,8 @@ class ModelMetadata:
     @property
     def temperature(self) -> float | None:
         """The calibration temperature baked into the graph, None when there is none."""
-        try:
-            calibration = json.loads(self.raw.get(KEY_CALIBRATION, "null"))
-        except ValueError:
-            return None
-        return float(calibration["temperature"]) if isinstance(calibration, dict) else None
+        calibration = calibration_of(self.raw)
+        return float(calibration["temperature"]) if calibration else None
 
     @property
     def label(self) -> str:
