@@ -175,8 +175,13 @@ def data_split(data: str | os.PathLike) -> Path:
     if not root.is_dir():
         raise DataError(f"--data {root}: no such folder (expected {root}/test/<class>/*.jpg)")
     if not (root / "test").is_dir():
-        raise DataError(f"--data {root}: no test/ folder inside (expected {root}/test/<class>/*.jpg, "
-                        "the layout cifar-train reads)")
+        if any(p.is_dir() and p.name != "train" for p in root.iterdir()):
+            # DIR/<class>/: cifar-train drew its test split itself and recorded it in its run folder.
+            raise DataError(f"--data {root}: class folders but no test/ folder; cifar-bench scores "
+                            f"{root}/test/<class>/*.jpg only. For a DIR/<class>/ dataset the test split is "
+                            "the one its training run recorded: measure accuracy with cifar-eval "
+                            f"RUN/model.keras --data {root}, and speed here without --data")
+        raise DataError(f"--data {root}: no test/ folder inside (expected {root}/test/<class>/*.jpg)")
     return root / "test"
 
 

@@ -104,8 +104,13 @@ def test_labelled_images_and_a_balanced_order(colours):
 def test_data_errors(tmp_path, colours):
     with pytest.raises(DataError, match="no such folder"):
         bench.data_split(tmp_path / "nowhere")
-    with pytest.raises(DataError, match="no test/ folder"):
+    # DIR/<class>/ (cifar-train's other layout): its test split lives in the run, so say where.
+    with pytest.raises(DataError, match=r"class folders but no test/ folder.*cifar-eval RUN/model.keras --data"):
         bench.data_split(colours / "test")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "a.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match=r"no test/ folder inside \(expected .*loose/test/<class>/\*.jpg\)$"):
+        bench.data_split(tmp_path / "loose")
     (colours / "test" / "unicorn").mkdir()
     with pytest.raises(DataError, match="unicorn name no class of the model"):
         labelled_images(colours / "test", CLASSES)

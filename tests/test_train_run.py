@@ -117,6 +117,49 @@ def test_overwrite_trains_again_and_messages_say_what_to_type(folder_dataset, tm
     assert (run / "stray.txt").read_text() == "kept"  # only the run's own files are replaced
 
 
+def test_a_second_run_in_a_folder_in_use_is_refused_and_the_first_untouched(folder_dataset, tmp_path):
+    # Another process trains in runs/x (it holds the folder's lock): --overwrite, --resume and a
+    # plain start there are refused in one line and change nothing; once it ends, all work.
+    from runtime.errors import CifarEdgeError
+    from train.config import TrainConfig
+    from train.fit import fit
+
+    run = tmp_path / "run"
+    _fit({"epochs": 2}, run, folder_dataset)
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 1, "finished": False}))  # as if stopped
+    before = {f.name: f.stat().st_mtime_ns for f in run.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for attempt in (lambda: _fit({"seed": 4}, run, folder_dataset, overwrite=True),
+                        lambda: fit(TrainConfig(), out=run, resume=True, quiet=True, log=lambda s: None)):
+            with pytest.raises(CifarEdgeError, match=r"another cifar-train is training in this folder; wait for it"):
+                attempt()
+        assert {f.name: f.stat().st_mtime_ns for f in run.iterdir()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    result, _ = _fit({"seed": 4}, run, folder_dataset, overwrite=True)  # the lock went with the process
+    assert result.epochs_done == 1
+
+
+def test_snapshots_keep_the_last_epochs_weights_and_overwrite_clears_them(folder_dataset, tmp_path):
+    from train.models import load_keras_model
+
+    run = tmp_path / "run"
+    _fit({"epochs": 3, "snapshots": 2}, run, folder_dataset)
+    kept = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert kept == ["epoch-002.weights.h5", "epoch-003.weights.h5"]
+    model, last = load_keras_model(run / "model.keras"), load_keras_model(run / "last.keras")
+    model.load_weights(run / "snapshots" / "epoch-003.weights.h5")  # the run's final weights
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), last.get_weights()))
+    _fit({"epochs": 1}, run, folder_dataset, overwrite=True)
+    assert not (run / "snapshots").exists()  # an old run's snapshots never mix with a new run's
+
+
 # -- the CLI: validated before TensorFlow, nothing created on failure ------------------------
 
 def test_unknown_model_refused_before_tensorflow_creating_nothing(tmp_path):

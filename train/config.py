@@ -43,6 +43,9 @@ class TrainConfig:
     # Weight decay on BatchNorm biases too, scaled down by bias_lr_scale so that their decay per
     # step equals the kernels' (airbench); False: BatchNorm biases are not decayed.
     bias_decay: bool = True
+    # Keep the float32 weights of the last N epochs in snapshots/epoch-NNN.weights.h5 (0: none),
+    # for averaging the tail of the run afterwards (scripts/tail_average.py).
+    snapshots: int = 0
     cutout: int = 12  # side of a random square painted the mean colour in each image (0: off)
     # "auto": mixed_bfloat16 where the CPU has bfloat16 instructions (avx512_bf16/amx_bf16;
     # twice as fast as float32 on this project's training machine), else float32.

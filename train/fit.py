@@ -94,6 +94,14 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | I
 def _fit(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None, log: Log,
          stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None") -> FitResult:
     chief = cluster is None or cluster.is_chief
+    with runfolder.RunLock(run_dir) if chief else contextlib.nullcontext() as lock:
+        return _fit_locked(config, run_dir, data, resume, overwrite, quiet, log, stop, callbacks, cluster, lock)
+
+
+def _fit_locked(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None,
+                log: Log, stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None",
+                lock: "runfolder.RunLock | None") -> FitResult:
+    chief = cluster is None or cluster.is_chief
     config, state, data, resume = _open_run(config, run_dir, data, resume, overwrite, cluster)
     strategy = setup_devices(config.distribute)  # a multi-worker strategy must come before any other op
     if cluster is not None:
@@ -101,7 +109,7 @@ def _fit(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool
     dataset = _load_dataset(data, config, run_dir if resume and chief else None, quiet, log)
     split = split_validation(dataset, config.val_images, config.seed)
     config = _fit_batches_to_data(config, len(split.x_train), log)
-    if cluster is not None:
+    if strategy is not None:
         split = _fill_last_batch(split, config.batch_size, strategy.num_replicas_in_sync, log)
     steps_per_epoch = -(-len(split.x_train) // config.batch_size)  # ceil
 
@@ -118,7 +126,7 @@ def _fit(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool
         log(f"resuming {run_dir if chief else 'the run of the chief'} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
     elif chief:
-        _start_run_folder(run_dir, config, dataset, data, model, split, overwrite, init)
+        _start_run_folder(run_dir, config, dataset, data, model, split, overwrite, init, lock)
         log(f"{config.model}: {model.count_params():,} parameters; {len(split.x_train):,} training / "
             f"{len(split.x_val):,} validation images; {plural(config.epochs, 'epoch')} of "
             f"{plural(steps_per_epoch, 'step')}; {config.precision}")
@@ -204,11 +212,11 @@ def _fit_batches_to_data(config: TrainConfig, n_train: int, log: Log) -> TrainCo
 
 
 def _fill_last_batch(split: Split, batch_size: int, replicas: int, log: Log) -> Split:
-    """A multi-worker split whose last batch has an image for every replica: one with none would
+    """A distributed split whose last batch has an image for every replica: one with none would
     train on an empty batch, which BatchNormalization cannot. The few images left over are
     dropped (the split's last ones, the same on every worker)."""
     if batch_size < replicas:
-        raise CifarEdgeError(f"--batch-size {batch_size} is less than the {replicas} replicas of the cluster: "
+        raise CifarEdgeError(f"--batch-size {batch_size} is less than the {replicas} replicas: "
                              f"every replica needs an image of each batch; use --batch-size {replicas} or more")
     extra = len(split.x_train) % batch_size
     if not 0 < extra < replicas:
@@ -258,9 +266,12 @@ def _copy_init(model, config: TrainConfig, log: Log) -> dict:
 
 
 def _start_run_folder(run_dir: Path, config: TrainConfig, dataset: ImageDataset, data, model, split: Split,
-                      overwrite: bool, init: dict | None) -> None:
-    """Create the run folder (only now, when everything before has worked) and config.json."""
+                      overwrite: bool, init: dict | None, lock: "runfolder.RunLock | None" = None) -> None:
+    """Create the run folder (only now, when everything before has worked), lock it, and write
+    config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if lock is not None:
+        lock.acquire()
     if overwrite:
         runfolder.clear_run(run_dir)
     meta = {"config": asdict(config), "data": str(data.source) if isinstance(data, ImageDataset) else dataset.source,
@@ -311,6 +322,9 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                    "loss": loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                    "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
             rows.append(row)
+            if epoch + 1 > config.epochs - config.snapshots:
+                with atomic_path(run_dir / runfolder.SNAPSHOTS / f"epoch-{epoch + 1:03d}.weights.h5") as tmp:
+                    model32.save_weights(tmp)
             improved = _save_epoch(model, model32, run_dir, state, rows, epoch + 1 == config.epochs)
             log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
                 f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s")

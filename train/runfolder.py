@@ -6,6 +6,7 @@
     config.json    the TrainConfig and where the data came from
     history.csv    one row per epoch
     curves.png     loss and accuracy per epoch
+    snapshots/     the last epochs' weights, when the config asks to keep them
 
 Every file is written atomically. Nothing here imports TensorFlow, so the checks run before
 the 6-second import and a refused command creates nothing. In a multi-worker run only the chief
@@ -17,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 from runtime.atomic import atomic_path, atomic_write
@@ -24,6 +27,7 @@ from runtime.errors import CifarEdgeError
 
 RUN_FILES = ("model.keras", "last.keras", "state.json", "config.json", "history.csv", "curves.png")
 HISTORY_FIELDS = ("epoch", "lr", "loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s")
+SNAPSHOTS = "snapshots"
 NEW_STATE = {"epoch": 0, "step": 0, "best_val_acc": -1.0, "finished": False}
 
 
@@ -102,6 +106,53 @@ def clear_run(run_dir: Path) -> None:
     """Remove a previous run's files (``--overwrite``), leaving anything else in the folder."""
     for name in RUN_FILES:
         (Path(run_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / SNAPSHOTS, ignore_errors=True)
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a run trains in it, so that a second
+    ``cifar-train`` there (a restart while the old process still saves its checkpoint, two
+    terminals) is refused in one line instead of writing into the same files.
+
+    It is an ``flock`` on the folder itself (no lock file to clean up), released by the
+    operating system when the process ends, however it ends. Taken only once the folder
+    exists (a refused command creates nothing); where the platform or file system has no
+    such locks, there is no lock."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None or not self.run_dir.is_dir():
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CifarEdgeError(f"{self.run_dir}: another cifar-train is training in this folder; wait for it to "
+                                 "finish or stop it (Ctrl+C, or kill its process), or choose another --out") from None
+        except OSError:  # a file system without locks
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:
