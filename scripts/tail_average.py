@@ -23,41 +23,7 @@ import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError, DataError
-
-
-def snapshot_files(run_dir: Path) -> list[Path]:
-    """The run's snapshots, oldest first."""
-    files = sorted((run_dir / "snapshots").glob("epoch-*.weights.h5"))
-    if not files:
-        raise DataError(f"{run_dir}: no snapshots/epoch-*.weights.h5 (train with snapshots=N to keep them)")
-    return files
-
-
-def average_weights(model, files: list[Path]) -> list[np.ndarray]:
-    """The element-wise mean of the weights in ``files`` (all of ``model``'s architecture)."""
-    total = None
-    for path in files:
-        model.load_weights(path)
-        weights = [np.asarray(w, dtype=np.float64) for w in model.get_weights()]
-        total = weights if total is None else [t + w for t, w in zip(total, weights)]
-    return [(t / len(files)).astype(np.float32) for t in total]
-
-
-def reestimate_batchnorm(model, images: np.ndarray, batch_size: int = 500) -> None:
-    """Replace every BatchNorm layer's moving statistics by their mean over ``images`` in
-    training mode (a cumulative average: the i-th batch gets weight 1/i)."""
-    import keras
-
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [layer.momentum for layer in layers]
-    try:
-        for i, start in enumerate(range(0, len(images), batch_size)):
-            for layer in layers:
-                layer.momentum = i / (i + 1)  # new = old * i/(i+1) + batch / (i+1)
-            model(images[start:start + batch_size], training=True)
-    finally:
-        for layer, momentum in zip(layers, saved):
-            layer.momentum = momentum
+from train.average import average_tail, bn_images, snapshot_files
 
 
 def scores(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -73,13 +39,13 @@ def scores(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 @click.option("--last", "lasts", type=click.IntRange(min=1), multiple=True,
               help="Average the last K epochs; repeat for several K. [default: 1 to all kept]")
 @click.option("--bn", is_flag=True, help="Re-estimate BatchNorm statistics on training images after averaging.")
-@click.option("--bn-images", type=click.IntRange(min=100), default=10_000, show_default=True,
+@click.option("--bn-images", "bn_images_n", type=click.IntRange(min=100), default=10_000, show_default=True,
               help="Training images (a seeded sample) for --bn.")
 @click.option("--write", "write", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the average of the (single) --last K as a .keras model here.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON.")
-def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images: int, write: Path | None,
+def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n: int, write: Path | None,
          json_out: Path | None) -> None:
     try:
         files = snapshot_files(run_dir)
@@ -98,13 +64,10 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images: 
                              config.train_limit, config.test_limit, seed=config.seed)
         split = split_validation(dataset, config.val_images, config.seed)
         model = load_keras_model(run_dir / "model.keras")
-        rng = np.random.default_rng(0)
-        bn_x = split.x_train[rng.permutation(len(split.x_train))[:bn_images]]
+        images = bn_images(split.x_train, bn_images_n, config.seed) if bn else None
         rows = []
         for k in lasts:
-            model.set_weights(average_weights(model, files[-k:]))
-            if bn:
-                reestimate_batchnorm(model, bn_x)
+            average_tail(model, files[-k:], images)
             val_acc, val_nll = scores(model, split.x_val, split.y_val)
             test_acc, test_nll = scores(model, dataset.x_test, dataset.y_test)
             rows.append(dict(last=k, epochs=[int(f.name[6:9]) for f in files[-k:]], bn=bn, val_acc=val_acc,

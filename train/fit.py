@@ -25,6 +25,7 @@ from runtime.errors import CifarEdgeError
 
 from . import multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
+from .average import snapshot_path
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
 from .models import as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision
@@ -323,7 +324,7 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                    "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
             rows.append(row)
             if epoch + 1 > config.epochs - config.snapshots:
-                with atomic_path(run_dir / runfolder.SNAPSHOTS / f"epoch-{epoch + 1:03d}.weights.h5") as tmp:
+                with atomic_path(snapshot_path(run_dir, epoch + 1)) as tmp:
                     model32.save_weights(tmp)
             improved = _save_epoch(model, model32, run_dir, state, rows, epoch + 1 == config.epochs)
             log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
