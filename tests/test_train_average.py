@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,40 @@ def test_no_snapshots_is_one_line(tmp_path):
 
     with pytest.raises(DataError, match=r"no snapshots/epoch-\*.weights.h5 \(a run keeps them with snapshots=N\)"):
         snapshot_files(tmp_path)
+
+
+def test_a_run_that_averages_ends_with_the_mean_of_its_last_epochs(folder_dataset, tmp_path):
+    from train.average import snapshot_files
+    from train.config import TrainConfig
+    from train.fit import evaluate, fit, split_validation
+    from train.data import load_dataset
+    from train.models import load_keras_model
+
+    run = tmp_path / "run"
+    lines = []
+    config = TrainConfig(model="tiny", batch_size=16, val_images=10, seed=3, epochs=3, average_last=2)
+    fit(config, out=run, data=folder_dataset, quiet=True, log=lines.append)
+    files = snapshot_files(run)
+    assert [f.name for f in files] == ["epoch-002.weights.h5", "epoch-003.weights.h5"]
+    assert lines[-1].startswith("epoch   3/3") and lines[-1].endswith("(the mean of the last 2 epochs)")
+
+    model, snapshot = load_keras_model(run / "model.keras"), load_keras_model(run / "model.keras")
+    means = []
+    for f in files:
+        snapshot.load_weights(f)
+        means.append(snapshot.get_weights())
+    names = [w.path for w in model.weights]
+    for name, got, a, b in zip(names, model.get_weights(), *means):
+        if name.endswith(("moving_mean", "moving_variance")):
+            continue  # measured again on the training images, not averaged
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-7, err_msg=name)
+    moved = [n for n, got, a, b in zip(names, model.get_weights(), *means)
+             if n.endswith("moving_mean") and not np.allclose(got, (a + b) / 2)]
+    assert moved  # the statistics are the average model's own
+
+    # The last history row and state.json describe model.keras: the average.
+    data = load_dataset(folder_dataset, quiet=True)
+    split = split_validation(data, 10, 3)
+    _, val_acc = evaluate(model, split.x_val, split.y_val)
+    state = json.loads((run / "state.json").read_text())
+    assert state["best_val_acc"] == pytest.approx(val_acc) and state["finished"]

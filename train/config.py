@@ -43,8 +43,11 @@ class TrainConfig:
     # Weight decay on BatchNorm biases too, scaled down by bias_lr_scale so that their decay per
     # step equals the kernels' (airbench); False: BatchNorm biases are not decayed.
     bias_decay: bool = True
-    # Keep the float32 weights of the last N epochs in snapshots/epoch-NNN.weights.h5 (0: none),
-    # for averaging the tail of the run afterwards (scripts/tail_average.py).
+    # The model a run ends with is the mean of its last N epochs' weights, BatchNorm statistics
+    # measured again on training images (train.average); 0 or 1: the last epoch's weights.
+    average_last: int = 0
+    # Keep the float32 weights of the last N epochs in snapshots/epoch-NNN.weights.h5 (0: none;
+    # average_last keeps its own), to measure averages afterwards (scripts/tail_average.py).
     snapshots: int = 0
     cutout: int = 12  # side of a random square painted the mean colour in each image (0: off)
     # "auto": mixed_bfloat16 where the CPU has bfloat16 instructions (avx512_bf16/amx_bf16;
@@ -110,4 +113,5 @@ FINE_TUNE: dict[str, object] = {"epochs": 10, "batch_size": 64, "lr": 0.01}
 
 
 # Fields added after runs were already saved, with the value those runs trained with.
-LEGACY: dict[str, object] = {"alternate_flip": False, "whiten_bias_epochs": 0, "bias_decay": False}
+LEGACY: dict[str, object] = {"alternate_flip": False, "whiten_bias_epochs": 0, "bias_decay": False,
+                          "average_last": 0}

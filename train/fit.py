@@ -25,7 +25,7 @@ from runtime.errors import CifarEdgeError
 
 from . import multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
-from .average import snapshot_path
+from .average import average_tail, bn_images, snapshot_files, snapshot_path
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
 from .models import as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision
@@ -317,18 +317,22 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                 continue
             if model32 is not model:
                 model32.set_weights(model.get_weights())
-            val_loss, val_acc = evaluate(model32, split.x_val, split.y_val)
+            last_epoch = epoch + 1 == config.epochs
+            if epoch + 1 > config.epochs - max(config.snapshots, config.average_last):
+                with atomic_path(snapshot_path(run_dir, epoch + 1)) as tmp:
+                    model32.save_weights(tmp)
+            averaged = _tail_average(model, model32, config, split, run_dir) if last_epoch else None
+            final = averaged or model32
+            val_loss, val_acc = evaluate(final, split.x_val, split.y_val)
             images = len(split.x_train) - first_step * config.batch_size
             row = {"epoch": epoch + 1, "lr": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
                    "loss": loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                    "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
             rows.append(row)
-            if epoch + 1 > config.epochs - config.snapshots:
-                with atomic_path(snapshot_path(run_dir, epoch + 1)) as tmp:
-                    model32.save_weights(tmp)
-            improved = _save_epoch(model, model32, run_dir, state, rows, epoch + 1 == config.epochs)
+            improved = _save_epoch(model, final, run_dir, state, rows, last_epoch, keep=averaged is not None)
             log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
-                f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s")
+                f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s"
+                + (f"  (the mean of the last {plural(config.average_last, 'epoch')})" if averaged else ""))
             if stop.is_set():
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
                                   f"Resume with: cifar-train --resume {run_dir}")
@@ -368,11 +372,23 @@ def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return loss, accuracy
 
 
-def _save_epoch(model, model32, run_dir: Path, state: dict, rows: list[dict], last_epoch: bool) -> bool:
-    """model.keras if the epoch is the best so far, then history, last.keras, state, curves.
-    Returns whether the epoch improved."""
+def _tail_average(model, model32, config: TrainConfig, split: Split, run_dir: Path):
+    """The run's final model as the mean of its last ``config.average_last`` epochs
+    (``train.average``), in a float32 copy; None when the recipe does not average."""
+    if config.average_last < 2:
+        return None
+    target = as_float32(model32, copy=True)
+    files = snapshot_files(run_dir)[-config.average_last:]
+    average_tail(target, files, bn_images(split.x_train, AVERAGE_BN_IMAGES, config.seed))
+    return target
+
+
+def _save_epoch(model, model32, run_dir: Path, state: dict, rows: list[dict], last_epoch: bool,
+                keep: bool = False) -> bool:
+    """model.keras if the epoch is the best so far (or ``keep``: the run's tail average), then
+    history, last.keras, state, curves. Returns whether model.keras was written."""
     row = rows[-1]
-    improved = row["val_acc"] > state["best_val_acc"]
+    improved = keep or row["val_acc"] > state["best_val_acc"]
     if improved:
         state["best_val_acc"] = row["val_acc"]
         with atomic_path(run_dir / "model.keras") as tmp:
@@ -394,6 +410,9 @@ def _checkpoint(model, run_dir: Path, state: dict) -> None:
 
 
 # --- the pieces the steps use ---------------------------------------------------------------
+
+AVERAGE_BN_IMAGES = 10_000  # training images on which a tail average's BatchNorm statistics are measured
+
 
 def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
     """Compile with the recipe in ``config``: Nesterov SGD on a one-cycle schedule, label smoothing."""
