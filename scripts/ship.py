@@ -147,10 +147,13 @@ def training_sentence(shipped: Path) -> str:
     how = [recipe.get("precision", "float32").replace("mixed_bfloat16", "mixed bfloat16")]
     if recipe.get("cutout"):
         how.append(f"cutout {recipe['cutout']}")
+    averaged = recipe.get("average_last", 0)
+    ending = f", ending as the mean of its last {averaged} epochs' weights," if averaged > 1 else ""
     return (f"The `default` network: {config['parameters']:,} parameters, trained {recipe['epochs']} epochs "
-            f"({', '.join(how)}) on {config['train_images']:,} training images ({config['validation_images']:,} "
-            f"held out to pick the best epoch and fit each file's temperature) in **{seconds / 60:.0f} minutes** of "
-            f"training steps on this 2-core CPU ({seconds / recipe['epochs']:.0f} s per epoch).")
+            f"({', '.join(how)}){ending} on {config['train_images']:,} training images "
+            f"({config['validation_images']:,} held out to validate and to fit each file's temperature) in "
+            f"**{seconds / 60:.0f} minutes** of training steps on this 2-core CPU "
+            f"({seconds / recipe['epochs']:.0f} s per epoch).")
 
 
 def summary_markdown(shipped: Path, date: str) -> str:

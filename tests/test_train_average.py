@@ -69,25 +69,22 @@ def test_a_run_that_averages_ends_with_the_mean_of_its_last_epochs(folder_datase
 
     run = tmp_path / "run"
     lines = []
-    config = TrainConfig(model="tiny", batch_size=16, val_images=10, seed=3, epochs=3, average_last=2)
+    # batch 5: 10 steps an epoch, so each epoch ends on a lookahead step (every 5) and moves.
+    config = TrainConfig(model="tiny", batch_size=5, val_images=10, seed=3, epochs=16, average_last=2)
     fit(config, out=run, data=folder_dataset, quiet=True, log=lines.append)
     files = snapshot_files(run)
-    assert [f.name for f in files] == ["epoch-002.weights.h5", "epoch-003.weights.h5"]
-    assert lines[-1].startswith("epoch   3/3") and lines[-1].endswith("(the mean of the last 2 epochs)")
+    assert [f.name for f in files] == ["epoch-015.weights.h5", "epoch-016.weights.h5"]
+    assert lines[-1].startswith("epoch  16/16") and lines[-1].endswith("(the mean of the last 2 epochs)")
 
     model, snapshot = load_keras_model(run / "model.keras"), load_keras_model(run / "model.keras")
     means = []
     for f in files:
         snapshot.load_weights(f)
         means.append(snapshot.get_weights())
-    names = [w.path for w in model.weights]
-    for name, got, a, b in zip(names, model.get_weights(), *means):
-        if name.endswith(("moving_mean", "moving_variance")):
-            continue  # measured again on the training images, not averaged
-        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-7, err_msg=name)
-    moved = [n for n, got, a, b in zip(names, model.get_weights(), *means)
-             if n.endswith("moving_mean") and not np.allclose(got, (a + b) / 2)]
-    assert moved  # the statistics are the average model's own
+    for weight, got, a, b in zip(model.weights, model.get_weights(), *means):
+        # Every weight, BatchNorm's moving statistics included, is the mean of the two epochs'.
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-7, err_msg=weight.path)
+    assert not all(np.array_equal(a, b) for a, b in zip(*means))  # the two epochs differ
 
     # The last history row and state.json describe model.keras: the average.
     data = load_dataset(folder_dataset, quiet=True)
@@ -95,3 +92,14 @@ def test_a_run_that_averages_ends_with_the_mean_of_its_last_epochs(folder_datase
     _, val_acc = evaluate(model, split.x_val, split.y_val)
     state = json.loads((run / "state.json").read_text())
     assert state["best_val_acc"] == pytest.approx(val_acc) and state["finished"]
+
+
+def test_the_average_reaches_back_at_most_an_eighth_of_the_run():
+    from train.config import TrainConfig
+
+    assert TrainConfig().averaged_epochs == 8  # the recipe: 8 of 70
+    assert TrainConfig(epochs=40).averaged_epochs == 5
+    assert TrainConfig(epochs=15).averaged_epochs == 0  # an eighth is 1 epoch: no average
+    assert TrainConfig(epochs=70, average_last=1).averaged_epochs == 0
+    assert TrainConfig.for_model("quick").averaged_epochs == 0
+    assert TrainConfig.for_model("default", init="shipped").averaged_epochs == 0

@@ -31,7 +31,7 @@ def _recipe_note(field: str) -> str:
                    "Default: CIFAR-10 from Keras' downloader (needs internet).")
 @click.option("--model", type=click.Choice(list(MODELS)), default=None,
               help="quick: ~80% in about 2 minutes on 2 CPU cores; default: the shipped model "
-                   "(~90%, about 80 minutes on 2 CPU cores); tiny: for tests; airbench94: a 2M-parameter "
+                   "(~90%, about 70 minutes on 2 CPU cores); tiny: for tests; airbench94: a 2M-parameter "
                    f"reference (scripts/reference_run.py). [default: {_D.model}, or --init's]")
 @click.option("--input-size", type=click.IntRange(MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=_D.input_size,
               help="Model input in pixels (square); every image is centre-cropped and resized to it.")

@@ -25,7 +25,7 @@ from runtime.errors import CifarEdgeError
 
 from . import multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
-from .average import average_tail, bn_images, snapshot_files, snapshot_path
+from .average import average_tail, snapshot_files, snapshot_path
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
 from .models import as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision
@@ -318,10 +318,10 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
             if model32 is not model:
                 model32.set_weights(model.get_weights())
             last_epoch = epoch + 1 == config.epochs
-            if epoch + 1 > config.epochs - max(config.snapshots, config.average_last):
+            if epoch + 1 > config.epochs - max(config.snapshots, config.averaged_epochs):
                 with atomic_path(snapshot_path(run_dir, epoch + 1)) as tmp:
                     model32.save_weights(tmp)
-            averaged = _tail_average(model, model32, config, split, run_dir) if last_epoch else None
+            averaged = _tail_average(model32, config, run_dir) if last_epoch else None
             final = averaged or model32
             val_loss, val_acc = evaluate(final, split.x_val, split.y_val)
             images = len(split.x_train) - first_step * config.batch_size
@@ -332,7 +332,7 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
             improved = _save_epoch(model, final, run_dir, state, rows, last_epoch, keep=averaged is not None)
             log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
                 f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s"
-                + (f"  (the mean of the last {plural(config.average_last, 'epoch')})" if averaged else ""))
+                + (f"  (the mean of the last {plural(config.averaged_epochs, 'epoch')})" if averaged else ""))
             if stop.is_set():
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
                                   f"Resume with: cifar-train --resume {run_dir}")
@@ -372,14 +372,13 @@ def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return loss, accuracy
 
 
-def _tail_average(model, model32, config: TrainConfig, split: Split, run_dir: Path):
-    """The run's final model as the mean of its last ``config.average_last`` epochs
+def _tail_average(model32, config: TrainConfig, run_dir: Path):
+    """The run's final model as the mean of its last ``config.averaged_epochs`` epochs
     (``train.average``), in a float32 copy; None when the recipe does not average."""
-    if config.average_last < 2:
+    if not config.averaged_epochs:
         return None
     target = as_float32(model32, copy=True)
-    files = snapshot_files(run_dir)[-config.average_last:]
-    average_tail(target, files, bn_images(split.x_train, AVERAGE_BN_IMAGES, config.seed))
+    average_tail(target, snapshot_files(run_dir)[-config.averaged_epochs:], images=None)
     return target
 
 
@@ -410,9 +409,6 @@ def _checkpoint(model, run_dir: Path, state: dict) -> None:
 
 
 # --- the pieces the steps use ---------------------------------------------------------------
-
-AVERAGE_BN_IMAGES = 10_000  # training images on which a tail average's BatchNorm statistics are measured
-
 
 def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
     """Compile with the recipe in ``config``: Nesterov SGD on a one-cycle schedule, label smoothing."""
