@@ -103,3 +103,40 @@ def test_the_average_reaches_back_at_most_an_eighth_of_the_run():
     assert TrainConfig(epochs=70, average_last=1).averaged_epochs == 0
     assert TrainConfig.for_model("quick").averaged_epochs == 0
     assert TrainConfig.for_model("default", init="shipped").averaged_epochs == 0
+
+
+def test_a_run_stopped_in_its_last_epoch_averages_the_snapshot_saved_before_the_stop(folder_dataset, tmp_path):
+    import keras
+
+    import train.fit as fit_mod
+    from train.average import snapshot_path
+    from train.config import TrainConfig
+    from train.models import load_keras_model
+
+    run = tmp_path / "run"
+    config = TrainConfig(model="tiny", batch_size=5, val_images=10, seed=3, epochs=16, average_last=2)
+    stop = fit_mod.StopRequest()
+
+    class StopInTheLastEpoch(keras.callbacks.Callback):
+        calls = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            StopInTheLastEpoch.calls += 1
+            if StopInTheLastEpoch.calls == 15 * 10 + 3:  # 10 steps an epoch: epoch 16, step 3
+                stop.set()
+
+    with pytest.raises(fit_mod.Interrupted, match="epoch 16 at step 3/10"):
+        fit_mod.fit(config, out=run, data=folder_dataset, quiet=True, log=lambda s: None, stop=stop,
+                    callbacks=[StopInTheLastEpoch()])
+    before = snapshot_path(run, 15).read_bytes()
+    assert not snapshot_path(run, 16).exists()
+
+    fit_mod.fit(config, out=run, resume=True, quiet=True, log=lambda s: None)
+    assert snapshot_path(run, 15).read_bytes() == before  # not trained again, not written again
+    model, snapshot = load_keras_model(run / "model.keras"), load_keras_model(run / "model.keras")
+    means = []
+    for epoch in (15, 16):
+        snapshot.load_weights(snapshot_path(run, epoch))
+        means.append(snapshot.get_weights())
+    for got, a, b in zip(model.get_weights(), *means):
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-7)

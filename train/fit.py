@@ -25,7 +25,7 @@ from runtime.errors import CifarEdgeError
 
 from . import multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
-from .average import average_tail, snapshot_files, snapshot_path
+from .average import average_tail, snapshot_path
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
 from .models import as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision
@@ -378,7 +378,8 @@ def _tail_average(model32, config: TrainConfig, run_dir: Path):
     if not config.averaged_epochs:
         return None
     target = as_float32(model32, copy=True)
-    average_tail(target, snapshot_files(run_dir)[-config.averaged_epochs:], images=None)
+    epochs = range(config.epochs - config.averaged_epochs + 1, config.epochs + 1)
+    average_tail(target, [snapshot_path(run_dir, e) for e in epochs], images=None)
     return target
 
 
