@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.atomic import atomic_write
 from runtime.batching import predict_in_batches
-from runtime.contract import KEY_VARIANT, KEY_VIEWS, calibration_of
+from runtime.contract import KEY_VARIANT, KEY_VIEWS, calibration_of, variant_label
 from runtime.errors import DataError, ModelError, ThresholdError
 from runtime.session import create_session
 
@@ -187,7 +187,7 @@ class ParityEntry:
 
     @property
     def label(self) -> str:
-        return self.variant + ("+flip" if self.views == "flip" else "")
+        return variant_label(self.variant, self.views)
 
     def for_metadata(self) -> dict:
         """What goes into the ONNX file itself (the file's own name and size are not known yet)."""

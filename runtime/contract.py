@@ -66,6 +66,11 @@ class InputContract:
         return cls(**known)
 
 
+def variant_label(variant: str, views: str) -> str:
+    """A variant as people read it: "int8", or "int8+flip" for a file that averages two views."""
+    return variant + ("+flip" if views == "flip" else "")
+
+
 def calibration_of(meta: Mapping[str, str]) -> dict | None:
     """The ``KEY_CALIBRATION`` record of a metadata map (temperature, what it was fitted on,
     ECE/NLL before and after), or None for an uncalibrated file or an unreadable value."""
@@ -101,7 +106,7 @@ class ModelMetadata:
     @property
     def label(self) -> str:
         """The variant as people read it: "int8", "fp32+flip"."""
-        return self.variant + ("+flip" if self.views == "flip" else "")
+        return variant_label(self.variant, self.views)
 
     @classmethod
     def from_map(cls, meta: Mapping[str, str], source: str) -> "ModelMetadata":

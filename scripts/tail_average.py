@@ -19,18 +19,10 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError, DataError
 from train.average import average_tail, bn_images, snapshot_files
-
-
-def scores(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, NLL) of ``model``'s probabilities on uint8 images."""
-    probs = model.predict(x, batch_size=1000, verbose=0)
-    nll = float(np.mean(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1))))
-    return float(np.mean(np.argmax(probs, 1) == y)), nll
 
 
 @click.command()
@@ -55,12 +47,12 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n
         if write is not None and len(lasts) != 1:
             raise DataError("--write saves one average: give exactly one --last K")
         from train.config import TrainConfig
-        from train.data import load_dataset, take_slice
-        from train.fit import split_validation
+        from train.data import load_for_model, take_slice
+        from train.fit import evaluate, split_validation
         from train.models import load_keras_model
 
         config = TrainConfig.load(run_dir / "config.json")
-        dataset = take_slice(load_dataset(data, quiet=True, input_size=config.input_size),
+        dataset = take_slice(load_for_model(data, run_dir / "model.keras", config.input_size, quiet=True),
                              config.train_limit, config.test_limit, seed=config.seed)
         split = split_validation(dataset, config.val_images, config.seed)
         model = load_keras_model(run_dir / "model.keras")
@@ -68,8 +60,8 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n
         rows = []
         for k in lasts:
             average_tail(model, files[-k:], images)
-            val_acc, val_nll = scores(model, split.x_val, split.y_val)
-            test_acc, test_nll = scores(model, dataset.x_test, dataset.y_test)
+            val_nll, val_acc = evaluate(model, split.x_val, split.y_val)
+            test_nll, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
             rows.append(dict(last=k, epochs=[int(f.name[6:9]) for f in files[-k:]], bn=bn, val_acc=val_acc,
                              val_nll=val_nll, test_acc=test_acc, test_nll=test_nll))
             click.echo(f"last {k:>2}{' +bn' if bn else ''}: validation {100 * val_acc:6.2f}% (NLL {val_nll:.4f})  "
