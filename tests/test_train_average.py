@@ -97,7 +97,7 @@ def test_a_run_that_averages_ends_with_the_mean_of_its_last_epochs(folder_datase
 def test_the_average_reaches_back_at_most_an_eighth_of_the_run():
     from train.config import TrainConfig
 
-    assert TrainConfig().averaged_epochs == 8  # the recipe: 8 of 70
+    assert TrainConfig().averaged_epochs == 8  # the recipe: 8 of 100
     assert TrainConfig(epochs=40).averaged_epochs == 5
     assert TrainConfig(epochs=15).averaged_epochs == 0  # an eighth is 1 epoch: no average
     assert TrainConfig(epochs=70, average_last=1).averaged_epochs == 0
