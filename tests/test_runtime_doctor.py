@@ -10,7 +10,6 @@ import shutil
 import sys
 from types import SimpleNamespace
 
-import pytest
 from click.testing import CliRunner
 
 from runtime import doctor

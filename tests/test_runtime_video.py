@@ -230,7 +230,7 @@ def test_cli_camera_file_headless_save(tiny_model, tmp_path):
     r = CliRunner().invoke(main, ["--camera", str(src), "--model", str(tiny_model), "--headless",
                                   "--save", str(out), "--max-frames", "100"])
     assert r.exit_code == 0, r.output
-    lines = [l for l in r.stdout.splitlines() if l.startswith("frame")]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("frame")]
     assert len(lines) == 100 and "airplane" in lines[0] and "fps" in lines[0]
     assert count_frames(out) == 100
 
@@ -238,7 +238,7 @@ def test_cli_camera_file_headless_save(tiny_model, tmp_path):
 def test_cli_camera_json(tiny_model, clip):
     r = CliRunner().invoke(main, ["--camera", str(clip), "--model", str(tiny_model), "--headless",
                                   "--json", "--full-frame", "--smooth", "3"])
-    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.exit_code == 0 and len(rows) == 40
     assert rows[0]["label"] == "airplane" and rows[0]["frame"] == 0
 
