@@ -22,8 +22,8 @@ class TrainConfig:
     # The optimizer follows airbench94 (KellerJordan/cifar10-airbench), translated from its
     # summed-loss PyTorch form to Keras' mean loss, and run for longer on a narrower network.
     # Full passes over the training split. 100: the shipped model, 70.2 minutes of steps here
-    # (41 s per epoch on an idle 2-core machine with bfloat16; an epoch takes 82 s when other
-    # work shares the cores, which would make it 137 minutes). Over seeds of a GPU port, 70
+    # (41 s per epoch with bfloat16 on 2 cores; this machine also has spells of 82 s epochs,
+    # idle or not, and all 100 at 82 s would take 137 minutes). Over seeds of a GPU port, 70
     # epochs reach 89.96 +- 0.19% (8 seeds), 100 epochs 90.34% (2); the shipped 100-epoch run
     # 90.47% (docs/training.md, "Seed spread and schedule length").
     epochs: int = 100
