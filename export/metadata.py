@@ -15,7 +15,7 @@ from importlib import metadata as _pkg
 from pathlib import Path
 
 from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CALIBRATION, KEY_CLASS_NAMES, KEY_FORMAT,
-                              KEY_INPUT, KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS,
+                              KEY_INPUT, KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_SELF_CHECK, KEY_VARIANT, KEY_VIEWS,
                               InputContract)
 from runtime.session import create_session, model_metadata
 
@@ -61,8 +61,9 @@ def provenance(source: Path, source_sha256: str, opset: int, created: str,
 
 def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], output_kind: str,
                    provenance_info: dict, parity: dict | None, contract: InputContract | None = None,
-                   calibration: dict | None = None, views: str = "single"):
-    """Set every cifar-edge key (replacing old values) plus doc_string/producer. In place."""
+                   calibration: dict | None = None, views: str = "single", self_check=None):
+    """Set every cifar-edge key (replacing old values) plus doc_string/producer. In place.
+    ``self_check``: the file's ``runtime.selfcheck.SelfCheckVectors`` (None: the key says null)."""
     contract = contract or InputContract()
     values = {
         KEY_FORMAT: FORMAT_VERSION,
@@ -74,6 +75,7 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
         KEY_PARITY: json.dumps(parity, sort_keys=True) if parity is not None else "null",
         KEY_CALIBRATION: json.dumps(calibration, sort_keys=True) if calibration is not None else "null",
         KEY_VIEWS: views,
+        KEY_SELF_CHECK: self_check.to_json() if self_check is not None else "null",
     }
     kept = [p for p in model_proto.metadata_props if p.key not in values]
     del model_proto.metadata_props[:]

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from runtime.errors import DataError, ModelError
 
 from runtime.calibration import calibration as calibration_figures
-from runtime.calibration import fit_temperature, with_temperature
+from runtime.calibration import fit_temperature, softmax, with_temperature
+from runtime.selfcheck import SelfCheckVectors, choose_images, this_machine, vectors_for
 
 from . import convert, metadata
 from .calibrate import add_flip_view, bake_temperature, held_out_training_images, mirror_average
@@ -174,6 +177,8 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
         reference_mirror = timed("parity_keras_mirror", predict_all, keras_predictor(keras_source.model), mirrored,
                                  "keras mirrored", config.quiet)
     result = ExportResult(onnx_paths={}, report_path=report_path, report=report)
+    checks = _SelfCheckImages.choose(parity_data.batch_nhwc, reference, keras_predictor(keras_source.model),
+                                     "flip" in views)
 
     variants: list[tuple[str, object, dict | None]] = [("fp32", fp32_proto, None)]
     if config.int8:
@@ -219,7 +224,9 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
             metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
                                     output_kind=keras_source.output_kind, provenance_info=prov,
                                     parity=entry.for_metadata(), contract=contract,
-                                    calibration=_held_out_only(fitted), views=view)
+                                    calibration=_held_out_only(fitted), views=view,
+                                    self_check=checks.vectors(proto, variant, view, fitted,
+                                                                 keras_source.output_kind))
             entry.file_size_bytes = timed("save", convert.save_onnx, proto, path)
             report.entries.append(entry)
             result.onnx_paths[name] = path
@@ -239,6 +246,35 @@ def _calibrate(proto, held, name: str, quiet: bool | None):
               "held_out": {"before": calibration_figures(raw, labels).to_dict(),
                            "after": calibration_figures(with_temperature(raw, temperature), labels).to_dict()}}
     return bake_temperature(proto, temperature), record
+
+
+@dataclass(frozen=True)
+class _SelfCheckImages:
+    """The few parity images every exported file carries to check itself where it runs
+    (``runtime.selfcheck``), and the Keras model's answers for them, single view and mirrored."""
+
+    images_hwc: np.ndarray  # (n, H, W, 3) uint8 RGB: stored exactly, so answered exactly
+    keras: np.ndarray  # (n, K) the Keras model's probabilities
+    keras_mirror: np.ndarray | None  # (n, K) on the mirrored images; None without a flip twin
+
+    @classmethod
+    def choose(cls, batch_nhwc, reference, keras_predict, flip: bool) -> "_SelfCheckImages":
+        pick = choose_images(reference, pixels_per_image=int(np.prod(batch_nhwc.shape[1:])))
+        images = np.clip(np.rint(batch_nhwc[pick]), 0, 255).astype(np.uint8)
+        as_float = images.astype(np.float32)
+        return cls(images, keras_predict(as_float), keras_predict(as_float[:, :, ::-1]) if flip else None)
+
+    def vectors(self, proto, variant: str, view: str, fitted: dict | None, output_kind: str) -> SelfCheckVectors:
+        """``proto``'s own answers on the images (one batch, as the runtime runs them) and the
+        reference's, given the same views and temperature: probabilities, as
+        ``runtime.Classifier.run`` returns them (a logits model's are softmax'd)."""
+        expected = onnx_predictor(proto)(self.images_hwc.astype(np.float32))
+        reference = self.keras if view == "single" else mirror_average(self.keras, self.keras_mirror)
+        if fitted is not None:
+            reference = with_temperature(reference, fitted["temperature"])
+        if output_kind == "logits":
+            expected, reference = softmax(expected), softmax(reference)
+        return vectors_for(self.images_hwc, expected, reference, variant, this_machine())
 
 
 def _held_out_only(fitted: dict | None) -> dict | None:

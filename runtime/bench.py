@@ -261,14 +261,18 @@ def measure_model(model: str | os.PathLike, config: BenchConfig = BenchConfig(),
     import onnxruntime  # noqa: F401  imported before the clock and the baseline memory
 
     from .classifier import Classifier
+    from .selfcheck import FAILED, run_check
 
     path = Path(model)
     budget = _Budget(config.max_seconds)
     baseline = peak_rss_mb()
     start = time.perf_counter()
-    clf = Classifier(path, provider=config.provider, threads=config.threads)
+    clf = Classifier(path, provider=config.provider, threads=config.threads, verify=False, allow_failed=True)
     load_ms = (time.perf_counter() - start) * 1000.0
+    self_check = run_check(clf)  # timed on its own: what every load of cifar-run adds
     notes: list[str] = []
+    if self_check.status == FAILED:
+        notes.append(f"{path.name}: self-check {self_check.summary()}: cifar-run refuses this file here")
     # The bundled sample images (real CIFAR-10 test images), prepared once: decoding is not timed.
     images_rgb = [preprocess.prepare(p, clf.contract) for p in bundled.sample_images()]
     for _ in range(config.warmup):
@@ -283,7 +287,7 @@ def measure_model(model: str | os.PathLike, config: BenchConfig = BenchConfig(),
         file_mb=round(path.stat().st_size / 1e6, 4), load_ms=round(load_ms, 3),
         timings=tuple(timings), peak_rss_mb=peak_rss_mb(), baseline_rss_mb=baseline,
         isolated=isolated, camera=camera, stopped_early=bool(budget.cut or budget.skipped),
-        notes=tuple(notes + budget.notes()), **accuracy)
+        notes=tuple(notes + budget.notes()), self_check=self_check.to_dict(), **accuracy)
 
 
 # -- one process per model ------------------------------------------------------------------------

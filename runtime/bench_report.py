@@ -65,7 +65,7 @@ class BenchResult:
     provider: str  # the execution provider that ran it
     threads: int  # as asked; 0 = onnxruntime's default
     file_mb: float
-    load_ms: float  # creating the Classifier: session and metadata (not importing onnxruntime)
+    load_ms: float  # creating the Classifier: session and metadata (not importing onnxruntime), no self-check
     timings: tuple[Timing, ...]  # for each batch: Classifier, then session.run alone
     peak_rss_mb: float | None  # the process's peak resident memory; None where the OS does not say
     baseline_rss_mb: float | None  # the same just before loading: Python, numpy, Pillow, onnxruntime
@@ -76,6 +76,9 @@ class BenchResult:
     camera: CameraResult | None = None
     stopped_early: bool = False  # --max-seconds cut something short; the notes say what
     notes: tuple[str, ...] = ()
+    # runtime.selfcheck.SelfCheckResult.to_dict(): does this machine give the exported answers,
+    # and what the check costs at each load (its ms); None in results from before it existed
+    self_check: dict | None = None
 
     def timing(self, api: str, batch: int) -> Timing | None:
         return next((t for t in self.timings if t.api == api and t.batch == batch), None)
@@ -213,12 +216,23 @@ def _model_columns(small: int, large: int, with_accuracy: bool) -> list[Column]:
         ("variant", lambda r: r.variant),
         ("size", lambda r: _mb(r.file_mb)),
         ("load", lambda r: f"{_ms(r.load_ms)} ms"),
+        ("self-check", _self_check_cell),
         (f"batch {small} p50 / p95", latency),
         ("session.run p50", session_run),
         (f"images/s at {large}", throughput),
         ("peak memory", lambda r: _mb(r.peak_rss_mb)),
     ]
     return columns + [("accuracy", accuracy)] if with_accuracy else columns
+
+
+def _self_check_cell(r: BenchResult) -> str:
+    """"passed, 1.2 ms" / "FAILED: |Δp| 0.93" / "absent": the check's verdict and cost."""
+    check = r.self_check
+    if not check or check["status"] in ("absent", "skipped"):
+        return check["status"] if check else DASH
+    if check["status"] == "failed":
+        return f"FAILED: |Δp| {check['max_abs_diff']:.2g}"
+    return f"passed, {_ms(check['ms'])} ms"
 
 
 def _stage_column(stage: str) -> Column:

@@ -21,6 +21,7 @@ from . import preprocess
 from .batching import predict_in_batches
 from .errors import CifarEdgeError, ImageError, ModelError
 from .providers import short_name
+from .selfcheck import FAILED, SKIPPED, SelfCheckResult, check_parity_verdict, refusal, run_check
 from .session import create_session, model_metadata
 
 DISPLAY_SIZE = (1024, 1024)  # px: decode size of images kept for annotation (JPEG draft)
@@ -76,14 +77,19 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 class Classifier:
     """Load ``model_path`` (a cifar-edge ONNX file) on ``provider`` with ``threads`` intra-op
-    threads (0 = onnxruntime's default).
+    threads (0 = onnxruntime's default), and check that it is safe to trust here.
+
+    Two checks, each a ModelError saying what failed and the way out: the file's own record
+    of its export must not be a failed parity check (``allow_failed=True`` runs it anyway),
+    and its self-check images must give the exported answers on this machine
+    (``runtime.selfcheck``; ``verify=False`` skips it). ``self_check`` holds what was found.
 
     >>> clf = Classifier("model-int8.onnx")
     >>> clf.predict("cat.jpg").label
     """
 
     def __init__(self, model_path: str | os.PathLike, provider: str = "auto", threads: int = 0,
-                 top_k: int = 3):
+                 top_k: int = 3, *, verify: bool = True, allow_failed: bool = False):
         self.model_path = Path(model_path)
         self.session = create_session(self.model_path, provider=provider, threads=threads)
         self.provider = short_name(self.session.get_providers()[0])
@@ -95,6 +101,11 @@ class Classifier:
         self.output_kind = self.metadata.output_kind
         self.variant = self.metadata.label  # "int8", "fp32+flip", ...
         self._check_graph()
+        if not allow_failed:
+            check_parity_verdict(self)
+        self.self_check: SelfCheckResult = run_check(self) if verify else SelfCheckResult(SKIPPED)
+        if self.self_check.status == FAILED:
+            raise refusal(self, self.self_check)
 
     def _check_graph(self) -> None:
         """The graph must have the one input and the output count the metadata describes."""
@@ -120,7 +131,8 @@ class Classifier:
         """One line for humans: which model runs where."""
         return (f"model {self.model_path.name} ({self.variant}, {len(self.class_names)} classes, "
                 f"{self.contract.width}x{self.contract.height} {self.contract.resize}) "
-                f"on {self.provider}" + (f", {self.threads} threads" if self.threads else ""))
+                f"on {self.provider}" + (f", {self.threads} threads" if self.threads else "")
+                + f"; self-check {self.self_check.status}")
 
     # -- inference -------------------------------------------------------------------------
 

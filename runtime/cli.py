@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import bundled
-from .cli_support import SignalStop, run_cli, traceback_option
+from .cli_support import SignalStop, run_cli, traceback_option, trust_options
 from .errors import ExitCode, OptionError, SourceError
 from .providers import PROVIDER_HELP
 from .serve_cli import auth_options
@@ -39,11 +39,10 @@ def _note(message: str) -> None:
     click.echo(f"{PROG}: {message}", err=True)
 
 
-def _load_classifier(model: str | None, provider: str, threads: int, top_k: int):
-    from .classifier import Classifier
-
-    path = Path(model) if model else bundled.default_model()
-    return Classifier(path, provider=provider, threads=threads, top_k=top_k)
+def _load_classifier(model: str | None, provider: str, threads: int, top_k: int, no_verify: bool = False,
+                     allow_failed: bool = False, note=None):
+    return bundled.load_classifier(model, provider=provider, threads=threads, top_k=top_k, verify=not no_verify,
+                                   allow_failed=allow_failed, note=note or _note)
 
 
 def _unique_path(directory: Path, name: str, used: set[str]) -> Path:
@@ -290,10 +289,11 @@ def _show(window, annotated, result, stop, video) -> None:
               help="Camera: also serve the live view, the prediction and an upload in a browser "
                    "on PORT (127.0.0.1 unless HOST is given; any other HOST needs a token).")
 @auth_options
+@trust_options
 @traceback_option
 def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
          camera, camera_size, camera_fps, full_frame, smooth, headless, every, max_frames, duration,
-         reconnect, realtime, serve, token, no_auth, show_traceback):
+         reconnect, realtime, serve, token, no_auth, no_verify, allow_failed, show_traceback):
     fmt = fmt or "table"
 
     def body() -> int:
@@ -307,7 +307,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                 from .web import ServeConfig
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
-            clf = _load_classifier(model, provider, threads, top_k)
+            clf = _load_classifier(model, provider, threads, top_k, no_verify, allow_failed)
             return run_camera(clf, camera, CameraOptions(
                 save=Path(save) if save else None, headless=headless, fmt=fmt, full_frame=full_frame,
                 smooth=smooth, min_confidence=min_confidence, reconnect=reconnect, max_frames=max_frames,
@@ -324,7 +324,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
         paths = list(expand_sources(sources)) if sources else [str(p) for p in bundled.sample_images()]
         if not paths:
             raise SourceError("no input paths (stdin was empty)")
-        clf = _load_classifier(model, provider, threads, top_k)
+        clf = _load_classifier(model, provider, threads, top_k, no_verify, allow_failed)
         _note(clf.describe())  # after every check, so that an error stays one line
         if not sources:
             _note(f"no SOURCES given: classifying the {len(paths)} sample images bundled with "

@@ -23,6 +23,16 @@ def traceback_option(f):
                         help="Show the full Python traceback on errors (for bug reports).")(f)
 
 
+def trust_options(f):
+    """--no-verify and --allow-failed: the two ways past a model's checks, for every command
+    that loads one (``runtime.Classifier``'s ``verify`` and ``allow_failed``)."""
+    f = click.option("--allow-failed", is_flag=True,
+                     help="Run a model whose own metadata says its export failed the parity check.")(f)
+    return click.option("--no-verify", is_flag=True,
+                        help="Skip the model's self-check: its reference images are not run at load to "
+                             "confirm this machine gives the exported answers.")(f)
+
+
 def run_cli(prog: str, body: Callable[[], int | None], show_traceback: bool = False) -> None:
     """Run ``body``; translate errors; exit with the right code. Never returns."""
     show_traceback = show_traceback or os.environ.get("CIFAR_EDGE_TRACEBACK") == "1"

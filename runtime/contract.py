@@ -26,7 +26,10 @@ KEY_PARITY = "cifar_edge.parity"  # JSON: parity figures measured at export time
 # after; "null" for an uncalibrated file (absent in files exported before calibration existed).
 KEY_CALIBRATION = "cifar_edge.calibration"
 KEY_VIEWS = "cifar_edge.views"  # "single", or "flip": the image and its mirror, logits averaged
-JSON_KEYS = (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY, KEY_CALIBRATION)  # values stored as JSON text
+# JSON (runtime.selfcheck.SelfCheckVectors): a few parity images as uint8 and this file's answers
+# for them on the export machine, which every load checks; absent in files exported before it.
+KEY_SELF_CHECK = "cifar_edge.self_check"
+JSON_KEYS = (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY, KEY_CALIBRATION, KEY_SELF_CHECK)  # values stored as JSON text
 REQUIRED_KEYS = (KEY_FORMAT, KEY_CLASS_NAMES, KEY_INPUT)
 HOW_TO_EXPORT = ("export the Keras model with `cifar-export`, which writes the class names and "
                  "input contract into the ONNX metadata")

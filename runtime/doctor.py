@@ -346,12 +346,12 @@ def _model_fix(error: CifarEdgeError, model: str | os.PathLike | None) -> str:
 
 def check_model(model: str | os.PathLike | None = None, provider: str = "auto",
                 runs: int = LATENCY_RUNS) -> Check:
-    """The verdict: the model (the bundled one by default) classifies a bundled sample image."""
-    from .classifier import Classifier
-
+    """The verdict: the model (the bundled one by default, as cifar-run picks it) classifies a
+    bundled sample image."""
+    notes: list[str] = []
     try:
-        path = Path(model) if model else bundled.default_model()
-        clf = Classifier(path, provider=provider)
+        clf = bundled.load_classifier(model, provider=provider, note=notes.append)
+        path = clf.model_path
         sample = _sample()
         prediction = clf.predict(sample)
         image_rgb = clf.prepare(sample)  # (H, W, 3) uint8 RGB: decoding is not timed
@@ -367,12 +367,51 @@ def check_model(model: str | os.PathLike | None = None, provider: str = "auto",
                      "see the onnxruntime line")
     verdict = "right" if prediction.label == sample.stem else f"expected {sample.stem}"
     p50 = statistics.median(times[WARMUP:])
-    return Check("model", OK if verdict == "right" else NOTE,
+    fixes = [] if verdict == "right" else ["cifar-run shows all ten samples (the bundled model gets 9 or 10 right)"]
+    return Check("model", OK if verdict == "right" and not notes else NOTE,
                  f"{path.name} ({clf.variant}) on {clf.provider}: {sample.name} -> {prediction.label} "
                  f"{prediction.confidence:.1%} ({verdict}); {p50:.2f} ms per image (p50 of {runs} "
-                 "Classifier.predict calls on the decoded image)",
-                 "" if verdict == "right" else "cifar-run shows all ten samples (the bundled model gets 9 "
-                 "or 10 right)")
+                 "Classifier.predict calls on the decoded image)" + "".join(f"; {n}" for n in notes),
+                 "; ".join(fixes))
+
+
+def check_self_checks(model: str | os.PathLike | None = None, provider: str = "auto") -> Check:
+    """Every model found (``model`` and the bundled ones) runs its self-check images here: are
+    this machine's answers the exported ones? A failure of ``model`` is a problem; of a
+    bundled INT8 file a note (cifar-run falls back to the bundled FP32 file)."""
+    from .classifier import Classifier
+    from .selfcheck import ABSENT, FAILED, run_check
+
+    try:
+        found = bundled.bundled_models()
+    except CifarEdgeError:
+        found = []
+    paths = ([Path(model)] if model else []) + [p for p in found if not model or p.resolve() != Path(model).resolve()]
+    if not paths:
+        return Check("self-check", NOTE, "no model to check", "pass --model PATH")
+    parts, failed, absent, used = [], [], [], provider
+    for path in paths:
+        try:
+            clf = Classifier(path, provider=provider, verify=False, allow_failed=True)
+            result = run_check(clf)
+        except CifarEdgeError as exc:
+            parts.append(f"{path.name}: cannot check ({exc})")
+            failed.append(path)
+            continue
+        parts.append(f"{path.name} ({clf.variant}) {result.summary()}")
+        used = clf.provider
+        (failed if result.status == FAILED else absent if result.status == ABSENT else []).append(path)
+    detail = "; ".join(parts) + f"; on {cpu_features().model}, {used}"
+    if model and Path(model) in failed:
+        return Check("self-check", PROBLEM, detail, "this machine's answers are not the exported ones: use the "
+                     "FP32 file of the same export, or --provider cpu; cifar-run refuses the file unless --no-verify")
+    if failed:
+        return Check("self-check", NOTE, detail, f"cifar-run uses the next bundled model instead of "
+                     f"{', '.join(p.name for p in failed)}")
+    if absent:
+        return Check("self-check", NOTE, detail, f"re-export {', '.join(p.name for p in absent)} with cifar-export: "
+                     "files exported before self-checks existed cannot be checked")
+    return Check("self-check", OK, detail)
 
 
 # -- all of them ------------------------------------------------------------------------------------
@@ -404,6 +443,7 @@ def run_checks(model: str | os.PathLike | None = None, provider: str = "auto") -
             _guarded("display", check_display, cv2),
             _guarded("memory", check_memory, None, board),
             _guarded("disk", check_disk),
+            _guarded("self-check", check_self_checks, model, provider),
             _guarded("model", check_model, model, provider)]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_support import SignalStop, run_cli, traceback_option
+from .cli_support import SignalStop, run_cli, traceback_option, trust_options
 from .errors import ExitCode
 from .providers import PROVIDER_HELP
 
@@ -61,8 +61,9 @@ def serve_until_signalled(server, note) -> int:
               help="onnxruntime intra-op threads (0 = onnxruntime's default).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many labels to report per image.")
+@trust_options
 @traceback_option
-def main(model, host, port, token, no_auth, provider, threads, top_k, show_traceback):
+def main(model, host, port, token, no_auth, provider, threads, top_k, no_verify, allow_failed, show_traceback):
     def note(message: str) -> None:
         click.echo(f"{PROG}: {message}", err=True)
 
@@ -71,7 +72,7 @@ def main(model, host, port, token, no_auth, provider, threads, top_k, show_trace
         from .web import ServeConfig, WebServer
 
         config = ServeConfig(host=host, port=port, token=token, auth=not no_auth)
-        clf = _load_classifier(model, provider, threads, top_k)
+        clf = _load_classifier(model, provider, threads, top_k, no_verify, allow_failed, note)
         note(clf.describe())
         return serve_until_signalled(WebServer(clf, config, log=note), note)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
-                              KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT, InputContract)
+                              KEY_OUTPUT, KEY_PROVENANCE, KEY_SELF_CHECK, KEY_VARIANT, InputContract)
+from runtime.selfcheck import vectors_for
 
 DATA = Path(__file__).resolve().parent / "data"
 COMMITTED = {"contract": DATA / "tiny_contract.onnx", "no_metadata": DATA / "tiny_no_metadata.onnx"}
@@ -42,9 +43,24 @@ def reference_probabilities(batch_nhwc: np.ndarray, output: str = "probabilities
     return e / e.sum(axis=1, keepdims=True)
 
 
+def self_check_images(size: int = 32) -> np.ndarray:
+    """(8, size, size, 3) uint8 RGB: the four colours the model knows, then four noise images."""
+    colours = [solid(rgb, (size, size)) for rgb in ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0))]
+    noise = np.random.default_rng(1).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    return np.concatenate([np.stack(colours), noise])
+
+
+def self_check_json(variant: str = "fp32", size: int = 32, perturb: float = 0.0) -> str:
+    """The tiny model's self-check vectors, its answers computed in numpy (softmax'd, as the
+    runtime compares them); ``perturb`` shifts every expected probability by that much."""
+    images = self_check_images(size)
+    probs = reference_probabilities(images.astype(np.float32))
+    return vectors_for(images, probs + perturb, probs, variant, {"cpu": "tests/runtime_models.py"}).to_json()
+
+
 def metadata(class_names=CIFAR10_CLASSES, contract: InputContract | None = None,
-             output: str = "probabilities", variant: str = "fp32") -> dict[str, str]:
-    return {
+             output: str = "probabilities", variant: str = "fp32", self_check: bool = True) -> dict[str, str]:
+    meta = {
         KEY_FORMAT: FORMAT_VERSION,
         KEY_CLASS_NAMES: json.dumps(list(class_names)),
         KEY_INPUT: (contract or InputContract()).to_json(),
@@ -52,6 +68,9 @@ def metadata(class_names=CIFAR10_CLASSES, contract: InputContract | None = None,
         KEY_VARIANT: variant,
         KEY_PROVENANCE: json.dumps({"source": "tests/runtime_models.py"}),
     }
+    if self_check and len(class_names) == 10 and contract in (None, InputContract()):
+        meta[KEY_SELF_CHECK] = self_check_json(variant)
+    return meta
 
 
 def build_model(path: str | Path, *, meta: dict[str, str] | None = None, with_metadata: bool = True,

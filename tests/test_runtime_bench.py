@@ -175,6 +175,7 @@ def test_json_output(tiny_model):
     assert model["model"] == str(tiny_model) and model["isolated"] is True
     for key in ("file_mb", "load_ms"):
         assert isinstance(model[key], float)
+    assert model["self_check"]["status"] == "passed" and model["self_check"]["images"] == 8
     assert model["peak_rss_mb"] is None or model["peak_rss_mb"] >= model["baseline_rss_mb"] > 0
     assert [(t["api"], t["batch"], t["runs"]) for t in model["timings"]] == [
         ("classifier", 1, 2), ("onnxruntime", 1, 2), ("classifier", 8, 2), ("onnxruntime", 8, 2)]
@@ -187,9 +188,10 @@ def test_markdown_table_shape(tiny_model, tmp_path, colours):
     r = run(tiny_model, second, "--markdown", "--runs", "1", "--data", colours)
     assert r.exit_code == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("|")]
-    assert len(rows) == 4 and rows[1].replace(" ", "").strip("|").split("|") == ["---"] * 9
+    assert len(rows) == 4 and rows[1].replace(" ", "").strip("|").split("|") == ["---"] * 10
     assert len({row.count("|") for row in rows}) == 1
     assert "| accuracy |" in rows[0] and "80.00%" in rows[2] and "copy.onnx" in rows[3]
+    assert "| self-check |" in rows[0] and "| passed, " in rows[2]
 
 
 def test_table_on_the_bundled_models(bundled_assets):

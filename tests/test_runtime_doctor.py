@@ -293,7 +293,7 @@ def test_without_opencv_and_picamera2(bundled_assets, monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", None)
     checks = {c.name: c for c in doctor.run_checks()}
     assert list(checks) == ["python", "system", "cpu", "threads", "onnxruntime", "opencv", "picamera2",
-                            "cameras", "display", "memory", "disk", "model"]
+                            "cameras", "display", "memory", "disk", "self-check", "model"]
     assert checks["opencv"].status == NOTE and checks["opencv"].detail.startswith("not installed")
     assert checks["picamera2"].detail.startswith("not installed")
     assert doctor.exit_code(list(checks.values())) == 0
