@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from runtime.atomic import atomic_path, atomic_write
+from runtime.atomic import atomic_write
 from runtime.errors import CifarEdgeError, DataError
 from train.average import average_tail, bn_images, snapshot_files
 
@@ -49,7 +49,7 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n
         from train.config import TrainConfig
         from train.data import load_for_model, take_slice
         from train.fit import evaluate, split_validation
-        from train.models import load_keras_model
+        from train.models import load_keras_model, save_keras_model
 
         config = TrainConfig.load(run_dir / "config.json")
         dataset = take_slice(load_for_model(data, run_dir / "model.keras", config.input_size, quiet=True),
@@ -67,8 +67,7 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n
             click.echo(f"last {k:>2}{' +bn' if bn else ''}: validation {100 * val_acc:6.2f}% (NLL {val_nll:.4f})  "
                        f"test {100 * test_acc:6.2f}% (NLL {test_nll:.4f})")
         if write is not None:
-            with atomic_path(write) as tmp:
-                model.save(tmp)
+            save_keras_model(model, write)
             click.echo(f"wrote {write}")
         if json_out is not None:
             with atomic_write(json_out) as fh:

@@ -28,7 +28,8 @@ from .augment import alternating_flips, augment_epoch
 from .average import average_tail, snapshot_path
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
-from .models import as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision
+from .models import (as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision,
+                     save_keras_model)
 from .optim import BiasScaledSGD, OneCycle
 from .progress import plural, progress_bar
 from .quiet_import import import_keras
@@ -391,8 +392,7 @@ def _save_epoch(model, model32, run_dir: Path, state: dict, rows: list[dict], la
     improved = keep or row["val_acc"] > state["best_val_acc"]
     if improved:
         state["best_val_acc"] = row["val_acc"]
-        with atomic_path(run_dir / "model.keras") as tmp:
-            model32.save(tmp)
+        save_keras_model(model32, run_dir / "model.keras")
     state.update(epoch=row["epoch"], step=0, finished=last_epoch)
     # history.csv before state.json: a run stopped in between resumes at the epoch state.json
     # names, and drops the rows after it (_train_epochs), so no row goes missing or twice.

@@ -214,6 +214,18 @@ def as_float32(model, copy: bool = False) -> "keras.Model":
     return clone
 
 
+def save_keras_model(model, path: str | os.PathLike) -> None:
+    """Write ``model`` to the ``.keras`` file ``path`` (atomically) as plain Keras opens it,
+    ``keras.saving.load_model(path)`` with nothing of this project imported: its layers and
+    float32 weights, without the compile state. The optimizer and its schedule are this
+    project's classes (``train.optim``), so only the resume checkpoint, last.keras, holds them."""
+    from runtime.atomic import atomic_path
+
+    portable = as_float32(model, copy=model.compiled)  # a copy is never compiled
+    with atomic_path(path) as tmp:
+        portable.save(tmp)
+
+
 def read_keras_config(path: str | os.PathLike) -> dict:
     """The config.json of a ``.keras`` archive, without Keras; one-line ModelErrors for a missing
     file, a file that is not a Keras archive and a damaged one."""

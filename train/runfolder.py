@@ -1,6 +1,6 @@
 """The run folder: what a training run leaves on disk, and the checks made before touching it.
 
-    model.keras    best epoch on the validation images
+    model.keras    best epoch on the validation images (or the tail average); plain Keras opens it
     last.keras     the latest state, optimizer included (what --resume continues from)
     state.json     where training stands: epoch, step within it, best accuracy, finished
     config.json    the TrainConfig and where the data came from
