@@ -96,6 +96,18 @@ def test_bundled_confidences_meet_the_ece_target(figures):
         assert abs(figures[name].mean_confidence - figures[name].accuracy) <= 0.02, name
 
 
+SHIPPED_ONNX = sorted([*ASSETS.glob("*.onnx"), *SHIPPED.glob("*.onnx")])
+
+
+@requires_bundle
+@pytest.mark.parametrize("path", SHIPPED_ONNX, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_file_passes_its_self_check_here(path):
+    from runtime.classifier import Classifier
+
+    result = Classifier(path, provider="cpu").self_check  # refused (SelfCheckError) if it fails
+    assert result.status == "passed" and result.images == 8 and result.labels_differ == 0, result
+
+
 @requires_bundle
 def test_bundled_model_size_and_parameters():
     assert (ASSETS / "model-int8.onnx").stat().st_size < 1_000_000
@@ -114,4 +126,4 @@ def test_cifar_run_with_no_arguments_gets_the_samples_right():
     for row in rows:
         expected = os.path.splitext(os.path.basename(row["file"]))[0]
         assert row["label"] == expected, row
-    assert "model-int8.onnx" in proc.stderr  # INT8 is the default bundled model
+    assert "model-int8.onnx (int8" in proc.stderr and "self-check passed" in proc.stderr  # INT8, checked here
