@@ -7,6 +7,7 @@ import click
 from runtime.cli_support import run_cli, traceback_option
 
 from .parity import DEFAULT_THRESHOLDS, raise_if_failed
+from .preprocessing import PIXEL_RANGES
 
 PROG = "cifar-export"
 
@@ -47,29 +48,66 @@ PROG = "cifar-export"
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: also write <stem>[-int8|-fp16]-flip.onnx, which classify the image and its "
                    "mirror in one run and average them (twice the compute, more accurate).")
+@click.option("--pixels", type=click.Choice(list(PIXEL_RANGES)), default=None,
+              help="What the model expects its input scaled to, when that scaling was done outside it: 0-1 "
+                   "(trained on x/255), -1-1 (x/127.5-1), 0-255 (raw). Baked into the graph, so the ONNX file "
+                   "still takes raw 0-255 pixels. [default: 0-255, which a Rescaling or Normalization first "
+                   "layer confirms and otherwise is assumed]")
+@click.option("--mean", "mean", metavar="R,G,B", default=None,
+              help="Per-channel mean subtracted after the --pixels scaling, in its units (e.g. "
+                   "0.4914,0.4822,0.4465 with --pixels 0-1). Baked into the graph.")
+@click.option("--std", "std", metavar="R,G,B", default=None,
+              help="Per-channel std divided by after --mean, in the units of --pixels. Baked into the graph.")
+@click.option("--no-pixel-check", is_flag=True,
+              help="With --data, do not stop when the model scores clearly better with another pixel scaling "
+                   "than the one declared: export as declared, with a note (the figures are in the report).")
+@click.option("--classes", "classes", metavar="A,B,C|FILE", default=None,
+              help="The class names, one per output in output order: comma-separated, or a file of one name per "
+                   "line. [default: the run's config.json beside the model, or CIFAR-10's for 10 outputs]")
+@click.option("--input-size", type=click.IntRange(min=16), default=None,
+              help="Input size in pixels (square) for a model whose input takes any size (None, None, 3): the "
+                   "size it was trained at; the ONNX file takes that size.")
+@click.option("--custom-objects", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="A Python file defining the model's own layers (classes decorated with "
+                   "@keras.saving.register_keras_serializable, or a dict named custom_objects); it is run.")
+@click.option("--unsafe-deserialization", is_flag=True,
+              help="Allow Lambda layers, whose Python code is stored in the model file and runs when it loads "
+                   "(Keras safe_mode=False). Only for a file you trust.")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
               help="Parity on the first N test images only (for quick checks).")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bars (drawn only on a terminal anyway) and no line per stage.")
 @traceback_option
 def main(model, output, opset, int8, fp16, no_fold, data, calibration, calib_images, calib_method, min_agreement,
-         max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, no_calibrate, tta, test_limit, quiet,
+         max_abs_diff, max_int8_drop, fp16_min_agreement, fp16_max_abs_diff, no_calibrate, tta, pixels, mean, std,
+         no_pixel_check, classes, input_size, custom_objects, unsafe_deserialization, test_limit, quiet,
          show_traceback):
-    """Convert a Keras model from cifar-train (.keras) to ONNX and prove it gives the same answers.
+    """Convert a Keras model (.keras or legacy .h5, from cifar-train or your own) to ONNX and
+    prove it gives the same answers.
 
     Writes the ONNX file(s) with self-describing metadata and a parity report beside them;
     exits 4 if a parity threshold is violated (the files and report are still written).
 
     \b
       cifar-export runs/tiny/model.keras --data ../shared/data/cifar10 --int8 --fp16
+      cifar-export notebook/model.h5 --pixels 0-1 --data ../shared/data/cifar10
     """
 
     def body():
         from . import ExportConfig, Int8Config, export_model
+        from .convert import parse_class_names
+        from .preprocessing import Preprocessing, parse_channels
 
+        declared = None
+        if pixels is not None or mean is not None or std is not None:
+            declared = Preprocessing(pixels or "0-255", mean=mean and parse_channels(mean, "--mean"),
+                                     std=std and parse_channels(std, "--std"))
         config = ExportConfig(
             opset=opset, int8=int8, fp16=fp16, fold=not no_fold, calibrate=not no_calibrate, tta=tta,
             test_limit=test_limit, quiet=True if quiet else None,
+            preprocessing=declared, stop_on_pixel_mismatch=not no_pixel_check,
+            class_names=parse_class_names(classes) if classes is not None else None, input_size=input_size,
+            custom_objects=custom_objects, unsafe_deserialization=unsafe_deserialization,
             int8_config=Int8Config(calib_images=calib_images, method=calib_method),
             fp32_thresholds=DEFAULT_THRESHOLDS["fp32"].override(min_agreement=min_agreement,
                                                                 max_abs_diff=max_abs_diff),

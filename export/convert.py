@@ -1,6 +1,7 @@
 """Keras → ONNX: load safely, check the model fits the contract, convert, check the result.
 
-File in (a ``.keras`` archive), ModelProto out; saving is ``save_onnx`` (atomic).
+File in (a ``.keras`` archive or a legacy ``.h5`` model), ModelProto out; saving is
+``save_onnx`` (atomic).
 """
 
 from __future__ import annotations
@@ -8,13 +9,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from runtime.atomic import atomic_path
 from runtime.contract import CIFAR10_CLASSES, InputContract
-from runtime.errors import ModelError
+from runtime.errors import ModelError, OptionError, summary
 from runtime.session import create_session
+
+from .parity import listed
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 everywhere (Pi, Jetson); tf2onnx's tested default
 INPUT_NAME = "image_rgb"
@@ -40,23 +44,35 @@ def _keras():
     return import_keras()
 
 
-def load_keras(path: str | os.PathLike) -> KerasSource:
-    """Load a ``.keras`` archive in safe mode (no code from the file runs) and check its shape:
-    one square RGB input of any size, one output of a score per class the run named."""
-    from train.models import load_keras_model
+def load_keras(path: str | os.PathLike, *, input_size: int | None = None,
+               class_names: tuple[str, ...] | None = None, custom_objects: str | os.PathLike | Mapping | None = None,
+               safe_mode: bool = True) -> KerasSource:
+    """Load a ``.keras`` archive or a legacy ``.h5`` model (``train.loading``: safe mode unless
+    ``safe_mode=False``, the model's own layers from ``custom_objects``) and check its shape: one
+    square RGB input of any size (``input_size`` for a model that takes any), one output of a
+    score per class (``class_names``, else the run's or CIFAR-10's)."""
+    from train.loading import load_keras_model
 
     path = Path(path)
-    model = load_keras_model(path)
-    contract = _input_contract(path, model)
-    class_names = _class_names(path, _num_classes(path, model))
-    return KerasSource(path, model, _output_kind(_keras(), model), class_names, contract)
+    model = load_keras_model(path, custom_objects=custom_objects, safe_mode=safe_mode)
+    contract = _input_contract(path, model, input_size)
+    names = _class_names(path, _num_classes(path, model), class_names)
+    return KerasSource(path, model, _output_kind(_keras(), model), names, contract)
 
 
-def _input_contract(path: Path, model) -> InputContract:
+def _input_contract(path: Path, model, input_size: int | None = None) -> InputContract:
     inputs = list(model.inputs or [])
     if len(inputs) != 1:
         raise ModelError(f"{path}: model has {len(inputs)} inputs, expected one image input")
     shape = tuple(inputs[0].shape)[1:]
+    if len(shape) == 3 and shape[2] == 3 and shape[0] is None and shape[1] is None:
+        if input_size is None:
+            raise ModelError(f"{path}: model input is {shape}, any size: pass --input-size N, the size it was "
+                             "trained at (32 for CIFAR-10), which the ONNX file then takes")
+        shape = (input_size, input_size, 3)
+    elif input_size is not None and shape[:2] != (input_size, input_size):
+        raise OptionError(f"--input-size {input_size}: the model's input is fixed at {shape}; leave --input-size "
+                          "out (it is for models whose input takes any size)")
     if len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1] or not (shape[0] or 0) >= MIN_INPUT_SIZE:
         raise ModelError(f"{path}: model input is {shape}, expected (32, 32, 3) or another square RGB size "
                          f"(N, N, 3), N >= {MIN_INPUT_SIZE} (NHWC raw pixels)")
@@ -82,11 +98,16 @@ def _output_kind(keras, model) -> str:
     return "logits"
 
 
-def _class_names(path: Path, num_classes: int) -> tuple[str, ...]:
-    """The ``num_classes`` names from the training run's config.json beside the model; CIFAR-10's
-    for a 10-class model without one."""
+def _class_names(path: Path, num_classes: int, given: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The ``num_classes`` names: ``given`` (--classes), else those of the training run's
+    config.json beside the model, else CIFAR-10's for a 10-class model."""
     import json
 
+    if given is not None:
+        if len(given) != num_classes:
+            raise OptionError(f"--classes names {len(given)} classes {listed(given)} but the model outputs "
+                              f"{num_classes} scores: pass one name per output, in output order")
+        return tuple(given)
     config = path.parent / "config.json"
     try:
         names = json.loads(config.read_text()).get("class_names")
@@ -98,7 +119,63 @@ def _class_names(path: Path, num_classes: int) -> tuple[str, ...]:
         return CIFAR10_CLASSES
     recorded = f"{config} names {len(names)}" if isinstance(names, list) else "no config.json beside it names them"
     raise ModelError(f"{path}: model output is ({num_classes},), expected ({len(CIFAR10_CLASSES)},) CIFAR-10 "
-                     f"class scores, or a run's config.json naming its {num_classes} classes ({recorded})")
+                     f"class scores, or the names of its {num_classes} classes ({recorded}): pass --classes "
+                     "a,b,c or --classes FILE (one name per line), in output order")
+
+
+def parse_class_names(value: str) -> tuple[str, ...]:
+    """``--classes``: a file of one name per line (blank lines skipped) when ``value`` is one,
+    else comma-separated names. OptionError for an empty or repeated name."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptionError(f"--classes {path}: cannot read it ({exc})") from None
+        where = f"--classes {path}"
+    else:
+        names, where = [name.strip() for name in value.split(",")], f"--classes {value!r}"
+    if not names or not all(names):
+        raise OptionError(f"{where}: an empty class name; pass names separated by commas, or a file of one "
+                          "name per line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise OptionError(f"{where}: {', '.join(repeated)} named twice; each output needs its own name")
+    return tuple(names)
+
+
+def as_functional(model, contract: InputContract, front=None):
+    """What to convert: the model's layers (the same objects, so the same weights) as a
+    functional model on a fixed (S, S, 3) input, after the layer ``front`` (None: nothing);
+    ``model`` itself when it is functional already and there is no ``front``.
+
+    tf2onnx cannot convert a Keras 3 ``Sequential`` (KeyError on an output tensor's name,
+    tf2onnx issue #2448) and converts the same layers built functionally. Laid out flat, a chain
+    of layers is also what ``export.fold`` folds; a model that is not a chain is called whole.
+    """
+    from .fold import layer_chain
+
+    keras = _keras()
+    if front is None and type(model).__name__ == "Functional":
+        return model
+    return _on_fixed_input(keras, contract, [front] if front is not None else [], layer_chain(model) or [model],
+                           name=model.name)
+
+
+def with_front(model, contract: InputContract, front=None):
+    """The parity reference: ``model`` exactly as saved, called whole after the layer ``front``,
+    so it takes raw pixels as the ONNX file does; ``model`` itself without a ``front``."""
+    return model if front is None else _on_fixed_input(_keras(), contract, [front], [model], name=f"{model.name}_raw")
+
+
+def _on_fixed_input(keras, contract: InputContract, *stages, name: str):
+    inputs = keras.Input(shape=(contract.height, contract.width, contract.channels), dtype="float32",
+                         name=INPUT_NAME)
+    x = inputs
+    for layers in stages:
+        for layer in layers:
+            x = layer(x)
+    return keras.Model(inputs, x, name=name)
 
 
 def to_onnx(source: KerasSource, opset: int = DEFAULT_OPSET):
@@ -113,7 +190,7 @@ def to_onnx(source: KerasSource, opset: int = DEFAULT_OPSET):
         model_proto, _ = tf2onnx.convert.from_keras(source.model, input_signature=spec, opset=opset)
     except Exception as exc:
         raise ModelError(f"{source.path}: tf2onnx could not convert the model at opset {opset} "
-                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+                         f"({type(exc).__name__}: {summary(exc)})") from None
     graph = model_proto.graph
     graph.output[0].name = _rename_output(graph, graph.output[0].name, OUTPUT_NAME)
     for value in (graph.input[0], graph.output[0]):

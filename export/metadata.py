@@ -46,7 +46,8 @@ def utc_now() -> str:
 
 
 def provenance(source: Path, source_sha256: str, opset: int, created: str,
-               quantization: dict | None = None, folds: list[str] | None = None) -> dict:
+               quantization: dict | None = None, folds: list[str] | None = None, *,
+               preprocessing: dict | None = None) -> dict:
     """Where a file came from: enough to rebuild it or to tell two exports apart."""
     return {
         "source": source.name,
@@ -56,6 +57,9 @@ def provenance(source: Path, source_sha256: str, opset: int, created: str,
         "created": created,
         "quantization": quantization,  # None for fp32; the recipe for int8 / fp16
         "folded": list(folds or []),  # export.fold's rewrites, in order (empty: converted as trained)
+        # How the model as saved takes its pixels (export.preprocessing.ModelInput.to_dict): declared,
+        # found inside it or assumed, what was baked in front of it, and the accuracy check.
+        "preprocessing": preprocessing,
     }
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from runtime.atomic import atomic_write
 from runtime.batching import predict_in_batches
-from runtime.contract import KEY_VARIANT, KEY_VIEWS, calibration_of, variant_label
+from runtime.calibration import softmax
+from runtime.contract import KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS, calibration_of, variant_label
 from runtime.errors import DataError, ModelError, ThresholdError
 from runtime.session import create_session
 
@@ -61,6 +62,7 @@ class ParityData:
     batch_nhwc: np.ndarray  # (N, S, S, 3) float32 RGB raw 0-255
     labels: np.ndarray | None  # (N,) int64, None for synthetic inputs
     description: str
+    class_names: tuple[str, ...] | None = None  # what the labels index, None for synthetic inputs
 
 
 def load_test_split(data: str | os.PathLike, limit: int | None = None, input_size: int = 32,
@@ -80,7 +82,25 @@ def load_test_split(data: str | os.PathLike, limit: int | None = None, input_siz
     # x.astype(float32) is exactly what runtime.preprocess.to_batch gives the model.
     name = "CIFAR-10" if dataset.class_names == CIFAR10_CLASSES else \
         f"{Path(dataset.source).name} ({len(dataset.class_names)} classes)"
-    return ParityData(x.astype(np.float32), y, f"{name} test split, {len(x)} images")
+    return ParityData(x.astype(np.float32), y, f"{name} test split, {len(x)} images", tuple(dataset.class_names))
+
+
+def check_classes(data: ParityData, class_names: tuple[str, ...]) -> None:
+    """A DataError when labelled data names its classes otherwise than the model's outputs
+    (other names, or the same in another order): every accuracy would compare crossed labels."""
+    if data.labels is None or data.class_names is None or tuple(data.class_names) == tuple(class_names):
+        return
+    order = " (the same names in another order)" if set(data.class_names) == set(class_names) else ""
+    raise DataError(f"the --data classes are {listed(data.class_names)} but the model's outputs are "
+                    f"{listed(class_names)}{order}, so accuracy would count the wrong labels: pass --classes "
+                    "with the model's output names in output order, and --data the dataset it was trained on "
+                    "(its class folders in that order)")
+
+
+def listed(names, most: int = 10) -> str:
+    """``(a, b, c)``, or the first ``most`` and how many in all: names fit for one line."""
+    shown = ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+    return f"({shown})"
 
 
 def synthetic_inputs(n_random: int = N_RANDOM, n_patterned: int = N_PATTERNED, seed: int = 0,
@@ -124,12 +144,24 @@ def _session_predictor(session) -> Predict:
     return lambda batch: np.asarray(session.run(None, {input_name: batch})[0], dtype=np.float32)
 
 
+def as_probabilities(predict: Predict, output_kind: str) -> Predict:
+    """``predict`` itself for a model ending in a softmax; the softmax of its outputs for one
+    ending in logits, so parity compares probabilities (what max |dp| means, and what the
+    runtime shows) whatever the scale of the logits."""
+    if output_kind == "probabilities":
+        return predict
+    return lambda batch: softmax(predict(batch)).astype(np.float32)
+
+
 class Loaded(NamedTuple):
     predict: Predict
     variant: str  # "keras", or an ONNX file's from its metadata
     input_size: int  # pixels, square
     views: str = "single"  # "flip": the file averages each image with its mirror
     calibration: dict | None = None  # the temperature baked in and what it was fitted on, if any
+    # The pixel scaling the export baked in front of the model (export.preprocessing), if any:
+    # a Keras reference is fed the same way, so it computes what the file does.
+    baked_in: object | None = None  # Preprocessing
 
 
 def load_predictor(path: str | os.PathLike) -> Loaded:
@@ -138,18 +170,34 @@ def load_predictor(path: str | os.PathLike) -> Loaded:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
-    if path.suffix == ".keras":
+    if path.suffix in (".keras", ".h5", ".hdf5"):
         from .convert import load_keras
 
         source = load_keras(path)
-        return Loaded(keras_predictor(source.model), "keras", source.contract.height)
+        return Loaded(as_probabilities(keras_predictor(source.model), source.output_kind), "keras",
+                      source.contract.height)
     if path.suffix == ".onnx":
         session = create_session(path)
         meta = session.get_modelmeta().custom_metadata_map
         height = session.get_inputs()[0].shape[1]
-        return Loaded(_session_predictor(session), meta.get(KEY_VARIANT, "fp32"),
-                      height if isinstance(height, int) else 32, meta.get(KEY_VIEWS, "single"), calibration_of(meta))
-    raise ModelError(f"{path}: unknown model type (expected a .keras or .onnx file)")
+        return Loaded(as_probabilities(_session_predictor(session), meta.get(KEY_OUTPUT, "probabilities")),
+                      meta.get(KEY_VARIANT, "fp32"),
+                      height if isinstance(height, int) else 32, meta.get(KEY_VIEWS, "single"), calibration_of(meta),
+                      _baked_in(meta))
+    raise ModelError(f"{path}: unknown model type (expected a .keras, .h5 or .onnx file)")
+
+
+def _baked_in(meta) -> object | None:
+    """The Preprocessing an export baked into this file, from its provenance; None if none."""
+    from .preprocessing import Preprocessing
+
+    try:
+        declared = json.loads(meta.get(KEY_PROVENANCE, "{}")).get("preprocessing") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not declared.get("baked_in"):
+        return None
+    return Preprocessing(declared["pixels"], mean=declared.get("mean"), std=declared.get("std"))
 
 
 def predict_all(predict: Predict, batch_nhwc: np.ndarray, label: str, quiet: bool | None = None) -> np.ndarray:
@@ -243,6 +291,9 @@ class ParityReport:
     entries: list[ParityEntry] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
     notes: list[str] = field(default_factory=list)
+    # How the reference takes its pixels (export.preprocessing.ModelInput.to_dict; its "summary"
+    # is the table's line); None where no export decided it (cifar-parity).
+    preprocessing: dict | None = None
 
     @property
     def passed(self) -> bool:
@@ -323,6 +374,8 @@ def format_table(report: ParityReport) -> str:
                      format_delta(e.accuracy_delta_points), "PASS" if e.passed else "FAIL"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = [f"reference: {report.reference}", f"data: {report.data}"]
+    if report.preprocessing is not None:
+        lines.append(report.preprocessing["summary"])
     for i, row in enumerate(rows):
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:

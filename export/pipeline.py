@@ -14,21 +14,22 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
-from runtime.errors import DataError, ModelError
+from runtime.errors import DataError, ModelError, OptionError
 
 from runtime.calibration import calibration as calibration_figures
-from runtime.calibration import fit_temperature, softmax, with_temperature
+from runtime.calibration import fit_temperature, with_temperature
 from runtime.selfcheck import SelfCheckVectors, choose_images, this_machine, vectors_for
 
-from . import convert, metadata
+from . import convert, metadata, preprocessing
 from .calibrate import add_flip_view, bake_temperature, held_out_training_images, mirror_average
 from .fold import fold_for_inference
-from .parity import (DEFAULT_THRESHOLDS, ParityData, ParityReport, Thresholds, compare, keras_predictor,
-                     load_test_split, onnx_predictor, predict_all, synthetic_inputs)
+from .parity import (DEFAULT_THRESHOLDS, ParityData, ParityReport, Thresholds, as_probabilities, check_classes,
+                     compare, keras_predictor, load_test_split, onnx_predictor, predict_all, synthetic_inputs)
+from .preprocessing import Preprocessing
 from .quantize import Int8Config, calibration_from_cifar, calibration_from_folder, convert_fp16, quantize_int8
 
 
@@ -52,6 +53,18 @@ class ExportConfig:
     # "flip": also write a twin of each variant that averages the image and its mirror.
     tta: str = "none"
     quiet: bool | None = None  # progress bars: None only on a terminal, True never, False always
+    # --- a model from elsewhere (export.preprocessing, train.loading) ---
+    # What the model expects its pixels scaled to, baked into the graph in front of it (the ONNX
+    # file still takes raw 0-255). None: nothing declared, so 0-255, which a Rescaling or
+    # Normalization first layer confirms and otherwise is assumed (a note says so).
+    preprocessing: Preprocessing | None = None
+    # With labelled data the model's accuracy is measured under the declaration and the usual
+    # alternatives (export.preprocessing.check); stop when one is clearly better (False: a note).
+    stop_on_pixel_mismatch: bool = True
+    class_names: tuple[str, ...] | None = None  # one per output; None: the run's config.json, or CIFAR-10's
+    input_size: int | None = None  # pixels, for a model whose input takes any size (None, None, 3)
+    custom_objects: str | os.PathLike | Mapping | None = None  # a .py file (or dict) of the model's own layers
+    unsafe_deserialization: bool = False  # allow Lambda layers' Python code (Keras safe_mode=False)
 
 
 @dataclass
@@ -100,6 +113,7 @@ STAGE_LINES = {
     "check": "checked the ONNX graph", "parity_keras": "ran Keras on the parity images",
     "quantize_int8": "quantized to INT8", "convert_fp16": "converted to FP16", "save": "saved",
     "parity_keras_mirror": "ran Keras on the mirrored parity images",
+    "check_preprocessing": "measured the model's accuracy under each pixel scaling",
 }
 
 
@@ -130,12 +144,23 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
             log(f"export: {STAGE_LINES.get(name, name)} ({seconds:.1f} s)")
         return value
 
-    keras_source = timed("load", convert.load_keras, source)
+    keras_source = timed("load", convert.load_keras, source, input_size=config.input_size,
+                         class_names=config.class_names, custom_objects=config.custom_objects,
+                         safe_mode=not config.unsafe_deserialization)
     contract = keras_source.contract  # the model's input size: data, synthetic inputs, metadata follow it
+    kind = keras_source.output_kind  # parity compares probabilities, also for a model ending in logits
+    if kind == "logits" and config.tta == "flip":
+        raise OptionError(f"{source}: --tta flip averages the logits before the model's final Softmax, and this "
+                          "model ends in logits: export it without --tta")
     source_sha = metadata.sha256_file(source)
     created = metadata.utc_now()
     parity_data: ParityData = (timed("data", load_test_split, data, config.test_limit, contract.height, source)
                                if data else synthetic_inputs(size=contract.height))
+    check_classes(parity_data, keras_source.class_names)
+    model_input = _model_input(keras_source, config, parity_data, timed)  # before any long work: it may stop
+    for note in model_input.notes():
+        if log is not None:
+            log(f"export: {note}")
     calib = held_out = None
     if config.int8:  # fail on missing calibration data before any long work
         if calibration is not None:
@@ -146,7 +171,9 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
                                     config.int8_config.seed, input_size=contract.height, model_path=source)
 
     held = (None, None, "--no-calibrate")
-    if config.calibrate:
+    if config.calibrate and kind == "logits":
+        held = (None, None, "the model ends in logits, with no Softmax for a temperature to go before")
+    elif config.calibrate:
         start = time.perf_counter()
         held = held_out_training_images(source, data)
         if held[0] is not None:
@@ -158,14 +185,18 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     if config.tta not in TTA_CHOICES:
         raise ValueError(f"tta must be one of {TTA_CHOICES}, not {config.tta!r}")
 
-    folded, folds = timed("fold", fold_for_inference, keras_source.model) if config.fold else (keras_source.model, [])
+    front = model_input.preprocessing.layer()  # None: the model takes raw pixels
+    reference_model = convert.with_front(keras_source.model, contract, front)  # the model as saved, on raw pixels
+    unfolded = convert.as_functional(keras_source.model, contract, front)
+    folded, folds = timed("fold", fold_for_inference, unfolded) if config.fold else (unfolded, [])
     fp32_proto = timed("convert", convert.to_onnx, replace(keras_source, model=folded), config.opset)
     timed("check", convert.check_onnx, fp32_proto, contract, len(keras_source.class_names))
-    reference = timed("parity_keras", predict_all, keras_predictor(keras_source.model), parity_data.batch_nhwc,
-                      "keras", config.quiet)
+    reference = timed("parity_keras", predict_all, as_probabilities(keras_predictor(reference_model), kind),
+                      parity_data.batch_nhwc, "keras", config.quiet)
 
     report = ParityReport(reference=str(source), reference_sha256=source_sha, data=parity_data.description,
-                          created=created)
+                          created=created, preprocessing=model_input.to_dict())
+    report.notes += model_input.notes()
     if parity_data.labels is None:
         report.notes.append("no --data: compared on synthetic inputs, so accuracy is not measured")
     if held[0] is None and config.calibrate:
@@ -174,11 +205,12 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     reference_mirror = None
     if "flip" in views:
         mirrored = parity_data.batch_nhwc[:, :, ::-1]
-        reference_mirror = timed("parity_keras_mirror", predict_all, keras_predictor(keras_source.model), mirrored,
+        reference_mirror = timed("parity_keras_mirror", predict_all,
+                                 as_probabilities(keras_predictor(reference_model), kind), mirrored,
                                  "keras mirrored", config.quiet)
     result = ExportResult(onnx_paths={}, report_path=report_path, report=report)
-    checks = _SelfCheckImages.choose(parity_data.batch_nhwc, reference, keras_predictor(keras_source.model),
-                                     "flip" in views)
+    checks = _SelfCheckImages.choose(parity_data.batch_nhwc, reference,
+                                     as_probabilities(keras_predictor(reference_model), kind), "flip" in views)
 
     variants: list[tuple[str, object, dict | None]] = [("fp32", fp32_proto, None)]
     if config.int8:
@@ -204,7 +236,8 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
                     log(f"export: {name} temperature {fitted['temperature']:.4g} fitted on {fitted['fitted_on']} "
                         f"({stages[f'calibrate_{name}']:.1f} s)")
             start = time.perf_counter()
-            candidate = predict_all(onnx_predictor(proto), parity_data.batch_nhwc, name, config.quiet)
+            candidate = predict_all(as_probabilities(onnx_predictor(proto), kind), parity_data.batch_nhwc, name,
+                                    config.quiet)
             expected = reference if view == "single" else mirror_average(reference, reference_mirror)
             if fitted is not None:  # the same temperature on both sides: parity measures the conversion
                 expected = with_temperature(expected, fitted["temperature"])
@@ -220,13 +253,13 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
             stages[f"parity_{name}"] = entry.seconds
             if log is not None:
                 log(f"export: {name} parity on {entry.n:,} images ({entry.seconds:.1f} s)")
-            prov = metadata.provenance(source, source_sha, config.opset, created, recipe, folds)
+            prov = metadata.provenance(source, source_sha, config.opset, created, recipe, folds,
+                                       preprocessing=model_input.to_dict())
             metadata.write_metadata(proto, variant=variant, class_names=keras_source.class_names,
                                     output_kind=keras_source.output_kind, provenance_info=prov,
                                     parity=entry.for_metadata(), contract=contract,
                                     calibration=_held_out_only(fitted), views=view,
-                                    self_check=checks.vectors(proto, variant, view, fitted,
-                                                                 keras_source.output_kind))
+                                    self_check=checks.vectors(proto, variant, view, fitted, kind))
             entry.file_size_bytes = timed("save", convert.save_onnx, proto, path)
             report.entries.append(entry)
             result.onnx_paths[name] = path
@@ -235,6 +268,32 @@ def export_model(model_path: str | os.PathLike, config: ExportConfig = ExportCon
     report.stages = stages
     report.write(report_path)
     return result
+
+
+def _model_input(keras_source: convert.KerasSource, config: ExportConfig, parity_data: ParityData,
+                 timed) -> preprocessing.ModelInput:
+    """How the model as saved takes its pixels (declared, or said by its own first layer, or
+    assumed), checked against labelled data: PreprocessingMismatch when another way is clearly
+    better (unless ``config.stop_on_pixel_mismatch`` is off)."""
+    model_input = preprocessing.model_input(keras_source.model, config.preprocessing)
+    if parity_data.labels is not None:
+        keras_predict = keras_predictor(keras_source.model)
+        model_input.check = timed("check_preprocessing", preprocessing.check,
+                                  lambda batch: predict_all(keras_predict, batch, "keras", True),
+                                  parity_data.batch_nhwc, parity_data.labels, model_input.preprocessing,
+                                  model_input.how, keras_source.path, config.stop_on_pixel_mismatch)
+    return model_input
+
+
+def _declared_feed(reference: Path, loaded) -> Preprocessing | None:
+    """The pixel scaling every candidate had baked in (None: none had); a ModelError when they
+    differ, since one Keras reference cannot be fed two ways."""
+    feeds = {c.baked_in for _, c in loaded}
+    if len(feeds) > 1:
+        described = ", ".join(f"{p.name}: {c.baked_in.describe() if c.baked_in else '0-255'}" for p, c in loaded)
+        raise ModelError(f"{reference}: the candidates were exported with different pixel scalings ({described}); "
+                         "compare each group with it separately")
+    return next(iter(feeds))
 
 
 def _calibrate(proto, held, name: str, quiet: bool | None):
@@ -268,12 +327,10 @@ class _SelfCheckImages:
         """``proto``'s own answers on the images (one batch, as the runtime runs them) and the
         reference's, given the same views and temperature: probabilities, as
         ``runtime.Classifier.run`` returns them (a logits model's are softmax'd)."""
-        expected = onnx_predictor(proto)(self.images_hwc.astype(np.float32))
+        expected = as_probabilities(onnx_predictor(proto), output_kind)(self.images_hwc.astype(np.float32))
         reference = self.keras if view == "single" else mirror_average(self.keras, self.keras_mirror)
         if fitted is not None:
             reference = with_temperature(reference, fitted["temperature"])
-        if output_kind == "logits":
-            expected, reference = softmax(expected), softmax(reference)
         return vectors_for(self.images_hwc, expected, reference, variant, this_machine())
 
 
@@ -295,12 +352,19 @@ def check_parity(reference: str | os.PathLike, candidates: list[str | os.PathLik
     from .parity import load_predictor
 
     reference = Path(reference)
-    ref_predict, _, input_size, *_ = load_predictor(reference)
+    ref_predict, ref_variant, input_size, *_ = load_predictor(reference)
     loaded = [(Path(c), load_predictor(c)) for c in candidates]
     parity_data = (load_test_split(data, test_limit, input_size, reference) if data
                    else synthetic_inputs(size=input_size))
     report = ParityReport(reference=str(reference), reference_sha256=metadata.sha256_file(reference),
                           data=parity_data.description, created=metadata.utc_now())
+    if ref_variant == "keras":  # the model as saved: fed pixels the way the files' export declared
+        feed = _declared_feed(reference, loaded)
+        if feed is not None:
+            keras_predict = ref_predict
+            ref_predict = lambda batch: keras_predict(feed.apply(batch))  # noqa: E731
+            report.notes.append(f"{reference.name} is fed pixels as {feed.describe()}, as the candidates' export "
+                                "declared (baked into them)")
     if parity_data.labels is None:
         report.notes.append("no --data: compared on synthetic inputs, so accuracy is not measured")
     start = time.perf_counter()

@@ -64,3 +64,16 @@ class ThresholdError(CifarEdgeError):
     """A parity or accuracy check failed its threshold."""
 
     exit_code = ExitCode.THRESHOLD
+
+
+def summary(exc: BaseException, limit: int = 300) -> str:
+    """What an exception from another library says, fit for one line of ours: its first line,
+    or that line's first sentence when the line is long (Keras appends whole configs); its type
+    when it says nothing. What is still over ``limit`` ends at a word, with " [...]" to say so."""
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if len(line) > limit and ". " in line:
+        line = line[: line.index(". ") + 1]
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0] + " [...]"
+    return line

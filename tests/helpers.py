@@ -89,11 +89,11 @@ requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
                                         reason=f"real CIFAR-10 not found at {REAL_DATA}")
 
 
-def one_error_line(result, prog: str = "cifar-run", notices: tuple[str, ...] = ()) -> str:
-    """The single stderr line of a command that failed with exit code 1, without its prefix.
-    Lines starting with one of ``notices`` (progress said before the error was found) are
-    allowed before it."""
-    assert result.exit_code == 1, result.output
+def one_error_line(result, prog: str = "cifar-run", notices: tuple[str, ...] = (), code: int = 1) -> str:
+    """The single stderr line of a command that failed with exit code ``code``, without its
+    prefix. Lines starting with one of ``notices`` (progress said before the error was found)
+    are allowed before it."""
+    assert result.exit_code == code, result.output
     lines = [line for line in result.stderr.splitlines() if not (notices and line.startswith(notices))]
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
     return lines[0].removeprefix(f"{prog}: error: ")

@@ -105,3 +105,51 @@ def test_export_records_the_folds_and_no_fold_converts_as_trained(tiny_keras, tm
     ops = [{n.op_type for n in onnx.load(tmp_path / name).graph.node} for name in ("f.onnx", "p.onnx")]
     assert len(onnx.load(tmp_path / "f.onnx").graph.node) < len(onnx.load(tmp_path / "p.onnx").graph.node)
     assert "Mul" in ops[1]
+
+
+def _batchnorm_model_with_activations(keras, sequential: bool = False):
+    """BatchNorm beside Dense/Conv2D layers that carry their own ReLU (a tutorial's style)."""
+    L = keras.layers
+    layers = [L.Normalization(mean=[120.0] * 3, variance=[3600.0] * 3, name="norm"),
+              L.Conv2D(8, 3, activation="relu", name="c1"),  # valid: the normalization folds into it
+              L.Conv2D(8, 3, padding="same", use_bias=False, name="c2"), L.BatchNormalization(name="bn"),
+              L.ReLU(name="r"), L.MaxPooling2D(name="p"),
+              L.Conv2D(8, 3, padding="same", activation="relu", name="c3"), L.BatchNormalization(name="bn2"),
+              L.Flatten(name="f"), L.Dense(16, activation="relu", name="d1"),
+              L.Dense(4, activation="softmax", name="d2")]
+    if sequential:
+        return _randomize_batchnorm(keras.Sequential([keras.Input((16, 16, 3)), *layers]))
+    x = inputs = keras.Input((16, 16, 3))
+    for layer in layers:
+        x = layer(x)
+    return _randomize_batchnorm(keras.Model(inputs, x))
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_layers_with_their_own_activation_keep_their_trained_weights(sequential):
+    """A Dense/Conv2D with activation="relu" was rebuilt from its config, with fresh random
+    weights (max |dp| 0.29, top-1 agreement 5%); every layer no rule rewrote is now reused."""
+    import keras
+
+    from export.fold import fold_for_inference
+
+    model = _batchnorm_model_with_activations(keras, sequential)
+    folded, applied = fold_for_inference(model)
+    _same_function(model, folded, np.random.default_rng(2).integers(0, 256, (32, 16, 16, 3)))
+    assert applied == ["folded norm into c1", "folded a BatchNorm into c2"]  # bn2 follows a ReLU: kept
+    for name in ("c3", "d1", "d2"):
+        assert folded.get_layer(name) is model.get_layer(name)  # reused, trained weights and all
+
+
+def test_a_batchnorm_model_with_activations_exports_folded_and_passes(tmp_path):
+    import keras
+
+    from export import ExportConfig, export_model
+
+    path = tmp_path / "bn.keras"
+    _batchnorm_model_with_activations(keras).save(path)
+    result = export_model(path, ExportConfig(quiet=True, class_names=("a", "b", "c", "d")),
+                          output=tmp_path / "bn.onnx", log=None)
+    assert result.passed, result.report.table()
+    assert result.metadata["fp32"]["provenance"]["folded"] == ["folded norm into c1", "folded a BatchNorm into c2"]
+    assert result.report.entries[0].top1_agreement == 1.0 and result.report.entries[0].max_abs_diff < 1e-5

@@ -107,6 +107,7 @@ def test_a_line_per_stage_and_no_bar_frames_in_a_log(tiny_keras, small_data, tmp
     assert "\r" not in proc.stderr
     stages = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("export: ")]
     assert stages == ["export: loaded the Keras model", "export: read the data",
+                      "export: measured the model's accuracy under each pixel scaling",
                       "export: not calibrating: no config.json beside model.keras, so which training images "
                       "the model never saw is unknown",
                       "export: folded BatchNorm and scaling into the layers", "export: converted to ONNX",

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .loading import load_keras_model, read_keras_config  # noqa: F401  (re-exported: callers load from here)
+
 if TYPE_CHECKING:
     import keras
 
@@ -224,61 +226,6 @@ def save_keras_model(model, path: str | os.PathLike) -> None:
     portable = as_float32(model, copy=model.compiled)  # a copy is never compiled
     with atomic_path(path) as tmp:
         portable.save(tmp)
-
-
-def read_keras_config(path: str | os.PathLike) -> dict:
-    """The config.json of a ``.keras`` archive, without Keras; one-line ModelErrors for a missing
-    file, a file that is not a Keras archive and a damaged one."""
-    import json
-    import zipfile
-
-    from runtime.errors import ModelError
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{path}: is a directory, not a .keras model file")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            if fh.read(2) == b"PK":  # a zip header without a readable directory: truncated
-                raise ModelError(f"{path}: corrupt .keras archive (truncated or damaged zip file)")
-        raise ModelError(f"{path}: not a Keras model (a .keras file is a zip archive; "
-                         "save it with model.save('model.keras'))")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            bad = archive.testzip()
-            config = archive.read("config.json") if "config.json" in names else None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelError(f"{path}: corrupt .keras archive ({exc})") from None
-    if config is None:
-        raise ModelError(f"{path}: not a Keras model (no config.json in the archive)")
-    if bad is not None:
-        raise ModelError(f"{path}: corrupt .keras archive (bad CRC in {bad})")
-    try:
-        return json.loads(config)
-    except ValueError as exc:
-        raise ModelError(f"{path}: corrupt .keras archive (config.json: {exc})") from None
-
-
-def load_keras_model(path: str | os.PathLike) -> "keras.Model":
-    """Load a ``.keras`` file in Keras' safe mode (no code from the file runs), with one-line
-    errors for a missing file, a file that is not a Keras archive and a damaged one."""
-    from runtime.errors import ModelError
-
-    path = Path(path)
-    read_keras_config(path)
-
-    from . import optim  # noqa: F401  (registers the schedule and optimizer a checkpoint names)
-    from .quiet_import import import_keras
-
-    keras = import_keras()
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises ValueError/TypeError/OSError/zip errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load the Keras model ({first[:200]})") from None
 
 
 # --- starting from a saved model's features (--init) ---------------------------------------
