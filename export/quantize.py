@@ -19,6 +19,9 @@ from runtime.errors import DataError, ModelError
 from runtime.preprocess import IMAGE_SUFFIXES, prepare, to_batch
 
 CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a time
+WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")  # the operators whose weights are quantized
+QUANT_TYPES = ("QUInt8", "QInt8")  # onnxruntime.quantization.QuantType names
+QUANT_FORMATS = ("QDQ", "QOperator")  # onnxruntime.quantization.QuantFormat names
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,31 @@ class Int8Config:
     # image is worth more than 0.2 pt, too coarse for the 0.3-pt aim: the search is skipped, and said so.
     min_held_out: int = 500
     seed: int = 0  # which training images calibrate
+    # 7-bit weights (onnxruntime's reduce_range: int8 weights in [-64, 64]), so the file gives the
+    # same answers on every x86 CPU. Without VNNI (AVX2; AVX-512 before Cascade Lake and Zen 4)
+    # onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW, which adds each
+    # pair of products into an int16 and saturates: 255 * 127 * 2 = 64,770 > 32,767. With 7-bit
+    # weights a pair is at most 255 * 64 * 2 = 32,640. Measured on the shipped model
+    # (docs/int8-cpus.md, scripts/check_int8_cpus.py): full-range weights score 46.6% of the test
+    # split on an AVX2 EPYC against 90.35% with VNNI; 7-bit weights FIGURES. False only for files
+    # that run on VNNI or arm64 CPUs alone.
+    reduce_range: bool = True
+    activations: str = "QUInt8"  # "QUInt8" | "QInt8"; x86 converts QInt8 activations to QUInt8 anyway
+    weights: str = "QInt8"  # "QInt8" | "QUInt8" (u8u8: no saturation either, but slower kernels)
+    per_channel: bool = True  # one weight scale per output channel
+    quant_format: str = "QDQ"  # "QDQ" | "QOperator" (QLinearConv... written out)
+    # The first convolution (or matmul) stays float. It sees the raw pixels through few input
+    # channels, so it is a sliver of the compute (the shipped model's patch-whitening conv: 0.3%
+    # of its multiply-adds), and it loses the most to 7-bit weights: on the shipped model, test
+    # accuracy 90.20% quantized against 90.43% float (FP32 90.47%), held-out -0.10 against 0.00
+    # points, at the same speed (0.23-0.26 ms a call here). False quantizes it too.
+    float_first_layer: bool = True
+
+    def __post_init__(self):
+        for name, allowed in (("activations", QUANT_TYPES), ("weights", QUANT_TYPES),
+                              ("quant_format", QUANT_FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Int8Config.{name} must be one of {allowed}, not {getattr(self, name)!r}")
 
 
 @dataclass
@@ -139,16 +167,17 @@ def _method(name: str):
             "entropy": CalibrationMethod.Entropy}[name]
 
 
-def _quantize_once(pre_path: Path, out_path: Path, calib: np.ndarray, method: str, exclude: list[str]):
+def _quantize_once(pre_path: Path, out_path: Path, calib: np.ndarray, config: Int8Config, exclude: list[str]):
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     input_name = onnx.load(os.fspath(pre_path), load_external_data=False).graph.input[0].name
     quantize_static(os.fspath(pre_path), os.fspath(out_path), _Reader(input_name, calib),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude, calibrate_method=_method(method),
-                    extra_options={"CalibPercentile": 99.999} if method == "percentile" else None)
+                    quant_format=QuantFormat[config.quant_format], per_channel=config.per_channel,
+                    reduce_range=config.reduce_range, activation_type=QuantType[config.activations],
+                    weight_type=QuantType[config.weights], nodes_to_exclude=exclude,
+                    calibrate_method=_method(config.method),
+                    extra_options={"CalibPercentile": 99.999} if config.method == "percentile" else None)
     return onnx.load(os.fspath(out_path))
 
 
@@ -183,7 +212,8 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
     """Static INT8: pre-process (symbolic shapes, fusions), calibrate, QDQ per-channel.
 
     The final Softmax always stays float (its input range is wide, its output in [0, 1]: a
-    uint8 scale loses the small probabilities). With enough ``held_out`` labelled images apart
+    uint8 scale loses the small probabilities), and so does the first weighted layer unless
+    ``config.float_first_layer`` is off (``Int8Config`` says why). With enough ``held_out`` labelled images apart
     from ``calib`` (``held_out_apart``), layers are kept in float one at a time, worst SQNR first,
     until held-out accuracy falls by less than ``config.aim_drop_points``. Deltas are INT8 minus
     FP32, so a fall is negative.
@@ -206,14 +236,16 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
             raise ModelError(f"INT8 pre-processing (symbolic shape inference) failed: {str(exc)[:200]}") from None
         pre_graph = onnx.load(os.fspath(pre_path)).graph
         softmax = [n.name for n in pre_graph.node if n.op_type == "Softmax"]
+        first = next((n.name for n in pre_graph.node if n.op_type in WEIGHTED_OPS), None)  # nodes are in order
+        always_float = softmax + ([first] if config.float_first_layer and first else [])
 
         def accuracy(proto) -> float:
             x, y = held_out
             top1 = predict_in_batches(onnx_predictor(proto), x, BATCH_SIZE).argmax(1)
             return float(np.mean(top1 == y) * 100)
 
-        exclude = list(softmax)
-        proto = _quantize_once(pre_path, out_path, calib, config.method, exclude)
+        exclude = list(always_float)
+        proto = _quantize_once(pre_path, out_path, calib, config, exclude)
         trials: list[dict] = []
         ranked: list[tuple[str, float]] = []
         if held_out is not None:
@@ -225,7 +257,7 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
                 candidates = [name for name, _ in ranked if name not in exclude][:config.max_float_layers]
                 for name in candidates:
                     exclude.append(name)
-                    trial = _quantize_once(pre_path, out_path, calib, config.method, exclude)
+                    trial = _quantize_once(pre_path, out_path, calib, config, exclude)
                     trial_delta = accuracy(trial) - base
                     trials.append({"float_layers": list(exclude), "held_out_delta_points": round(trial_delta, 3)})
                     if trial_delta > delta:
@@ -236,7 +268,10 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
                         break
     recipe = {
         "tool": "onnxruntime.quantization.quantize_static",
-        "format": "QDQ", "per_channel": True, "activations": "QUInt8", "weights": "QInt8",
+        "format": config.quant_format, "per_channel": config.per_channel, "activations": config.activations,
+        "weights": config.weights,
+        # True: 7-bit weights, the same answers with and without VNNI (Int8Config.reduce_range says why)
+        "reduce_range": config.reduce_range,
         "calibration_method": config.method, "calibration_images": int(len(calib)),
         "held_out_images": 0 if held_out is None else int(len(held_out[0])),  # none shared with calibration
         "preprocess": "quant_pre_process (symbolic shape inference, ORT fusions)",
