@@ -19,7 +19,6 @@ from runtime.errors import DataError, ModelError
 from runtime.preprocess import IMAGE_SUFFIXES, prepare, to_batch
 
 CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a time
-WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")  # the operators whose weights are quantized
 QUANT_TYPES = ("QUInt8", "QInt8")  # onnxruntime.quantization.QuantType names
 QUANT_FORMATS = ("QDQ", "QOperator")  # onnxruntime.quantization.QuantFormat names
 
@@ -40,19 +39,19 @@ class Int8Config:
     # pair of products into an int16 and saturates: 255 * 127 * 2 = 64,770 > 32,767. With 7-bit
     # weights a pair is at most 255 * 64 * 2 = 32,640. Measured on the shipped model
     # (docs/int8-cpus.md, scripts/check_int8_cpus.py): full-range weights score 46.6% of the test
-    # split on an AVX2 EPYC against 90.35% with VNNI; 7-bit weights FIGURES. False only for files
-    # that run on VNNI or arm64 CPUs alone.
+    # split on an AVX2 EPYC against 90.35% with VNNI; 7-bit weights 90.20% on both (identical
+    # answers), 0.27 point below FP32. False only for files that run on VNNI or arm64 CPUs alone.
     reduce_range: bool = True
+    # The first Conv (the stem, on raw 0-255 pixels) stays float: with 12 weights per output in the
+    # shipped model, too few for rounding errors to average out, it is where most of INT8's error
+    # is, and about 0.5% of the multiply-adds. With it float, 7-bit weights score 90.43% (FP32
+    # 90.47%; top-1 agreement 98.72% -> 99.44%; on training images apart from calibration
+    # 99.25% -> 99.65%, which is what chose it), at the same speed.
+    float_first_conv: bool = True
     activations: str = "QUInt8"  # "QUInt8" | "QInt8"; x86 converts QInt8 activations to QUInt8 anyway
     weights: str = "QInt8"  # "QInt8" | "QUInt8" (u8u8: no saturation either, but slower kernels)
     per_channel: bool = True  # one weight scale per output channel
     quant_format: str = "QDQ"  # "QDQ" | "QOperator" (QLinearConv... written out)
-    # The first convolution (or matmul) stays float. It sees the raw pixels through few input
-    # channels, so it is a sliver of the compute (the shipped model's patch-whitening conv: 0.3%
-    # of its multiply-adds), and it loses the most to 7-bit weights: on the shipped model, test
-    # accuracy 90.20% quantized against 90.43% float (FP32 90.47%), held-out -0.10 against 0.00
-    # points, at the same speed (0.23-0.26 ms a call here). False quantizes it too.
-    float_first_layer: bool = True
 
     def __post_init__(self):
         for name, allowed in (("activations", QUANT_TYPES), ("weights", QUANT_TYPES),
@@ -207,16 +206,56 @@ def rank_layers_by_error(float_path: Path, qdq_path: Path, batch_nhwc: np.ndarra
     return sorted(ranked, key=lambda item: item[1])
 
 
+def exact_first_conv(model_proto, conv_name: str, input_bits: int = 8) -> int | None:
+    """Round the weights and bias of ``conv_name``, a float Conv that reads the graph input, so
+    that on integer inputs below 2**input_bits (raw 0-255 pixels) every partial sum is a multiple
+    of one unit per output channel and below 2**24 units: exact in float32, so the same bits on
+    every CPU, with or without FMA, in any order. Otherwise its last-bit differences between CPUs
+    (1e-6) would move activations across the rounding steps of the next layer's uint8 input, and
+    probabilities by up to 1e-2. Edits ``model_proto`` in place; returns the significant bits kept
+    per weight (11 for 12 weights per output), or None, unchanged, where the Conv reads anything
+    but the graph input (through Transposes) or its bias is too large for the bound.
+    """
+    import math
+
+    from onnx import numpy_helper
+
+    graph = model_proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    conv = next(node for node in graph.node if node.name == conv_name)
+    source = conv.input[0]
+    while source in producer and producer[source].op_type == "Transpose":
+        source = producer[source].input[0]
+    initializers = {init.name: init for init in graph.initializer}
+    if source not in {i.name for i in graph.input} or conv.input[1] not in initializers:
+        return None
+    weights = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)  # (out, in/groups, kh, kw)
+    per_output = weights[0].size
+    bits = 23 - input_bits - math.ceil(math.log2(per_output + 1))  # |sum of products| < 2**23 units
+    largest = np.abs(weights.reshape(len(weights), -1)).max(1)
+    unit = 2.0 ** (np.ceil(np.log2(np.where(largest > 0, largest, 1.0))) - bits)  # (out,)
+    bias_name = conv.input[2] if len(conv.input) > 2 else ""
+    bias = numpy_helper.to_array(initializers[bias_name]).astype(np.float64) if bias_name else np.zeros(len(unit))
+    if np.any(np.abs(np.round(bias / unit)) >= 2 ** 23):  # with the products, 2**24 units or more
+        return None
+    for name, value in ((conv.input[1], np.round(weights / unit.reshape(-1, *[1] * (weights.ndim - 1)))),
+                        (bias_name, np.round(bias / unit))):
+        if name:
+            scaled = value * unit.reshape(-1, *[1] * (value.ndim - 1))
+            initializers[name].CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), name))
+    return bits
+
+
 def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config(),
                   held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Int8Result:
     """Static INT8: pre-process (symbolic shapes, fusions), calibrate, QDQ per-channel.
 
     The final Softmax always stays float (its input range is wide, its output in [0, 1]: a
-    uint8 scale loses the small probabilities), and so does the first weighted layer unless
-    ``config.float_first_layer`` is off (``Int8Config`` says why). With enough ``held_out`` labelled images apart
-    from ``calib`` (``held_out_apart``), layers are kept in float one at a time, worst SQNR first,
-    until held-out accuracy falls by less than ``config.aim_drop_points``. Deltas are INT8 minus
-    FP32, so a fall is negative.
+    uint8 scale loses the small probabilities), and so does the first Conv (in the graph's
+    topological order) unless ``config.float_first_conv`` is False. With enough ``held_out``
+    labelled images apart from ``calib`` (``held_out_apart``), more layers are kept in float one at
+    a time, worst SQNR first, until held-out accuracy falls by less than ``config.aim_drop_points``.
+    Deltas are INT8 minus FP32, so a fall is negative.
     """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -234,17 +273,20 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
             quant_pre_process(os.fspath(float_path), os.fspath(pre_path))
         except Exception as exc:
             raise ModelError(f"INT8 pre-processing (symbolic shape inference) failed: {str(exc)[:200]}") from None
-        pre_graph = onnx.load(os.fspath(pre_path)).graph
-        softmax = [n.name for n in pre_graph.node if n.op_type == "Softmax"]
-        first = next((n.name for n in pre_graph.node if n.op_type in WEIGHTED_OPS), None)  # nodes are in order
-        always_float = softmax + ([first] if config.float_first_layer and first else [])
+        pre_model = onnx.load(os.fspath(pre_path))
+        softmax = [n.name for n in pre_model.graph.node if n.op_type == "Softmax"]
+        first_conv = next((n.name for n in pre_model.graph.node if n.op_type == "Conv"), "")
+        exact_bits = None
+        if config.float_first_conv and first_conv:
+            exact_bits = exact_first_conv(pre_model, first_conv)
+            onnx.save(pre_model, os.fspath(pre_path))
 
         def accuracy(proto) -> float:
             x, y = held_out
             top1 = predict_in_batches(onnx_predictor(proto), x, BATCH_SIZE).argmax(1)
             return float(np.mean(top1 == y) * 100)
 
-        exclude = list(always_float)
+        exclude = softmax + ([first_conv] if config.float_first_conv and first_conv else [])
         proto = _quantize_once(pre_path, out_path, calib, config, exclude)
         trials: list[dict] = []
         ranked: list[tuple[str, float]] = []
@@ -272,6 +314,9 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
         "weights": config.weights,
         # True: 7-bit weights, the same answers with and without VNNI (Int8Config.reduce_range says why)
         "reduce_range": config.reduce_range,
+        "float_first_conv": config.float_first_conv,  # named in float_layers when there is one
+        # its weights' significant bits, so that it sums exactly on every CPU (exact_first_conv); None: as trained
+        "first_conv_weight_bits": exact_bits,
         "calibration_method": config.method, "calibration_images": int(len(calib)),
         "held_out_images": 0 if held_out is None else int(len(held_out[0])),  # none shared with calibration
         "preprocess": "quant_pre_process (symbolic shape inference, ORT fusions)",

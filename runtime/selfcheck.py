@@ -36,11 +36,11 @@ FORMAT = 1
 MAX_IMAGES = 8  # one batch: enough to catch a wrong kernel, cheap enough to run at every load
 MAX_BYTES = 256 * 1024  # raw pixels per file, before compression: fewer images at large inputs
 # Largest |Δp| allowed between this machine's answers and the exported ones, per variant.
-# Measured: the same files on this AMD EPYC natively (AVX-512 VNNI) and under qemu's Haswell
-# (AVX2, no VNNI) differ by at most 3e-7 (FP32), 1e-3 (FP16) and 4e-3 (INT8, reduce_range);
-# the old INT8 recipe (saturating there) by 0.97. Different SIMD paths round differently, so
-# the tolerance leaves room: a real fault (a saturating kernel, a wrong provider) moves
-# probabilities by tenths.
+# Measured (docs/int8-cpus.md): the same files on an AMD EPYC natively (AVX-512 VNNI) and under
+# qemu's Haswell (AVX2, no VNNI) differ by at most 4.8e-7 (FP32), 6.0e-7 (FP16) and 0 (INT8 with
+# 7-bit weights); the old INT8 recipe (saturating there) by 0.999. Other SIMD paths (arm64,
+# FP16 arithmetic on a Pi 5) round differently, so the tolerance leaves orders of magnitude of
+# room: a real fault (a saturating kernel, a wrong provider) moves probabilities by tenths.
 TOLERANCE = {"fp32": 0.01, "fp16": 0.05, "int8": 0.05}
 DEFAULT_TOLERANCE = 0.05
 # Providers that may compute in lower precision than the file (TensorRT builds FP16 engines,

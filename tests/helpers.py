@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qemu import qemu_missing
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("CIFAR10_DIR", REPO.parent / "shared" / "data" / "cifar10"))
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -87,6 +89,8 @@ def has_module(name: str) -> bool:
 requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
 requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
                                         reason=f"real CIFAR-10 not found at {REAL_DATA}")
+# x86-64 Python on an emulated CPU without VNNI (tests/qemu.py); the reason says how to install it.
+requires_qemu = pytest.mark.skipif(qemu_missing() is not None, reason=str(qemu_missing()))
 
 
 def one_error_line(result, prog: str = "cifar-run", notices: tuple[str, ...] = (), code: int = 1) -> str:
