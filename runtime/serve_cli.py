@@ -17,6 +17,7 @@ import click
 from .cli_support import SignalStop, run_cli, traceback_option, trust_options
 from .errors import ExitCode
 from .providers import PROVIDER_HELP
+from .web.config import MIN_TOKEN_LENGTH
 
 PROG = "cifar-serve"
 TOKEN_ENV = "CIFAR_EDGE_TOKEN"
@@ -28,9 +29,10 @@ def auth_options(f):
                      help="Serve a network address without a token (anyone who can reach it "
                           "may use it; a warning is printed).")(f)
     return click.option("--token", envvar=TOKEN_ENV, metavar="TOKEN",
-                        help="The token clients must give on a network address [default: one is "
-                             f"generated and printed; also read from ${TOKEN_ENV}]. On "
-                             "127.0.0.1 none is needed unless given.")(f)
+                        help="The token clients must give on a network address, at least "
+                             f"{MIN_TOKEN_LENGTH} printable characters [default: one is generated and "
+                             f"printed; also read from ${TOKEN_ENV}]. On 127.0.0.1 none is needed "
+                             "unless given.")(f)
 
 
 def serve_until_signalled(server, note) -> int:

@@ -165,3 +165,20 @@ def test_eval_cli_errors_are_one_line(tmp_path, folder_dataset):
     result = CliRunner().invoke(main, [str(bogus), "--data", str(folder_dataset)])
     assert result.exit_code == 1 and "not a Keras model" in result.output
     assert "Traceback" not in result.output + missing.output
+
+
+def test_cifar_eval_without_matplotlib_prints_the_figures_and_says_why_no_pngs(folder_dataset, tmp_path,
+                                                                               monkeypatch):
+    # The base install on a device has no matplotlib: the figures come, the PNGs are left out.
+    import sys
+
+    from train.eval_cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    model = Path(__file__).parent / "data" / "tiny_contract.onnx"
+    result = CliRunner().invoke(main, [str(model), "--data", str(folder_dataset), "--out", str(tmp_path / "e"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "--min-confidence 0.5" in result.stdout
+    assert "cifar-eval: no PNGs drawn: matplotlib is not installed" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["report.json"]
+    assert f"wrote {tmp_path / 'e' / 'report.json'}" in result.stdout

@@ -12,6 +12,7 @@ from runtime.cli_support import run_cli, traceback_option
 
 from .config import FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig
 from .models import MODELS, PRECISIONS
+from .progress import plural
 
 _D = TrainConfig()
 
@@ -125,7 +126,7 @@ def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precisio
                        f"({result.seconds / 60:.1f} min); the chief saved the model in its run folder")
             return
         click.echo(f"done: best validation accuracy {100 * result.best_val_acc:.2f}% after "
-                   f"{result.epochs_done} epochs ({result.seconds / 60:.1f} min); model: {result.run_dir / 'model.keras'}")
+                   f"{plural(result.epochs_done, 'epoch')} ({result.seconds / 60:.1f} min); model: {result.run_dir / 'model.keras'}")
 
     run_cli("cifar-train", body, show_traceback)
 

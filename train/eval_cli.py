@@ -32,6 +32,8 @@ def main(model, data, out, limit, quiet, show_traceback):
 
         report = evaluate(model, data=data, out=out, limit=limit, quiet=True if quiet else None)
         click.echo(report.table())
+        for note in report.notes:
+            click.echo(f"cifar-eval: {note}", err=True)
         click.echo(f"\nwrote {', '.join(report.files.values())}")
 
     run_cli("cifar-eval", body, show_traceback)

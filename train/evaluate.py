@@ -45,6 +45,7 @@ class EvalReport:
     # What --min-confidence t keeps: threshold, coverage (share labelled), accuracy of those.
     selective: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was not done, and why (one line each)
 
     def table(self) -> str:
         lines = [f"model     {self.model}", f"data      {self.data} ({self.images:,} images)",
@@ -142,15 +143,26 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | ImageDataset | 
                         selective=selective_of(probs, dataset.y_test))
     out_dir = Path(out) if out is not None else model_path.parent / f"eval-{model_path.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    report.files = {name: str(out_dir / file) for name, file in
-                    (("report", "report.json"), ("confusion", "confusion.png"), ("grid", "grid.png"),
-                     ("reliability", "reliability.png"))}
-    plot_confusion(confusion, dataset.class_names, out_dir / "confusion.png")
-    plot_grid(dataset.x_test, dataset.y_test, probs, dataset.class_names, out_dir / "grid.png", grid_images)
-    plot_reliability(bins, out_dir / "reliability.png", f"Reliability: {model_path.name}")
+    report.files = {"report": str(out_dir / "report.json")}
+    if _has_matplotlib():
+        report.files.update((name, str(out_dir / f"{name}.png")) for name in ("confusion", "grid", "reliability"))
+        plot_confusion(confusion, dataset.class_names, out_dir / "confusion.png")
+        plot_grid(dataset.x_test, dataset.y_test, probs, dataset.class_names, out_dir / "grid.png", grid_images)
+        plot_reliability(bins, out_dir / "reliability.png", f"Reliability: {model_path.name}")
+    else:  # the base install on a device: the figures matter, the pictures can wait
+        report.notes.append("no PNGs drawn: matplotlib is not installed (pip install matplotlib, or the [train] "
+                            "extra); the figures above and report.json are complete")
     with atomic_write(out_dir / "report.json") as fh:
         json.dump(asdict(report), fh, indent=2)
     return report
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _pyplot():
