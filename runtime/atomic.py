@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def give_plain_mode(path: Path) -> None:
+    """mkstemp creates 0600 files; give ``path`` the permissions a plain open() would (0644
+    under the usual umask), so a finished file is as readable as any other."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed onto ``target``.
@@ -26,10 +34,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
                                or ".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    give_plain_mode(tmp_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:

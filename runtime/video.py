@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 
+from .atomic import give_plain_mode
 from .classifier import UNCERTAIN
 from .errors import OptionError, SourceError
 
@@ -384,6 +385,7 @@ class VideoSaver:
                                    dir=self.target.parent)
         os.close(fd)
         self._tmp = Path(tmp)
+        give_plain_mode(self._tmp)  # the finished video reads like the annotated images (0644)
 
     def write(self, frame_bgr: np.ndarray) -> None:
         cv2 = _cv2()

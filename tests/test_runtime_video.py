@@ -195,6 +195,9 @@ def test_video_saver(tmp_path):
             saver.write(frame(RED_BGR))
         saver.write(frame(RED_BGR, 40, 30))  # resized to the first frame's size
     assert count_frames(tmp_path / "a.mp4") == 6
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "a.mp4").stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any file, not 0600
     empty = video.VideoSaver(tmp_path / "b.avi")
     assert empty.close() is None and not (tmp_path / "b.avi").exists()
     assert not list(tmp_path.glob(".*"))  # temp files gone

@@ -174,6 +174,16 @@ def read_history(run_dir: Path) -> list[dict]:
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(rows)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def curves_figure(rows: list[dict]):
+    """Loss and accuracy per epoch, each epoch a marker (a one-epoch run is one point)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,16 +191,14 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["loss"] for r in rows], label="train (label-smoothed, + L2)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation (cross-entropy)")
+    ax_loss.plot(epochs, [r["loss"] for r in rows], marker="o", markersize=3, label="train (label-smoothed, + L2)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", markersize=3, label="validation (cross-entropy)")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], label="train (augmented)")
-    ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], label="validation")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], marker="o", markersize=3, label="train (augmented)")
+    ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], marker="o", markersize=3, label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    return fig
