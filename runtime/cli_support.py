@@ -41,7 +41,7 @@ def run_cli(prog: str, body: Callable[[], int | None], show_traceback: bool = Fa
     except CifarEdgeError as exc:
         if show_traceback:
             traceback.print_exc()
-        click.echo(f"{prog}: error: {exc}", err=True)
+        click.echo(f"{prog}: {exc.label}{exc}", err=True)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
         click.echo(f"{prog}: interrupted", err=True)

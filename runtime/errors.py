@@ -26,6 +26,9 @@ class CifarEdgeError(Exception):
     """Base of every error a user can cause and fix."""
 
     exit_code = ExitCode.ERROR
+    # How the CLI line starts after the command's name: a stop the user asked for (Ctrl+C,
+    # SIGTERM) that saved its work is not an error, and says so by leaving this out.
+    label = "error: "
 
 
 class DataError(CifarEdgeError):

@@ -119,7 +119,9 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     rest = proc.stderr.read()
     code = proc.wait(timeout=120)
     assert code == 130, rest
-    assert "checkpoint saved. Resume with: cifar-train --resume" in rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("cifar-train: interrupted ") and "error" not in last, last  # asked for, not an error
+    assert f"the best model so far is {run / 'model.keras'}). Resume with: cifar-train --resume {run}" in last
     assert "Traceback" not in rest
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] >= 1 and not state["finished"]

@@ -44,6 +44,7 @@ class Interrupted(CifarEdgeError):
     """Training stopped by Ctrl+C or SIGTERM after saving a resumable checkpoint."""
 
     exit_code = 130
+    label = ""  # "cifar-train: interrupted in epoch 3 ...; checkpoint saved ...": asked for, not an error
 
 
 @dataclass
@@ -308,7 +309,9 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                 state.update(epoch=epoch, step=steps_now)
                 _checkpoint(model, run_dir, state)
                 raise Interrupted(f"interrupted in epoch {epoch + 1} at step {steps_now}/{steps_per_epoch}; "
-                                  f"checkpoint saved. Resume with: cifar-train --resume {run_dir}")
+                                  f"checkpoint saved ({run_dir / 'last.keras'}, {run_dir / 'state.json'}; "
+                                  f"the best model so far is {run_dir / 'model.keras'}). "
+                                  f"Resume with: cifar-train --resume {run_dir}")
             if lookahead is not None and epoch + 1 == config.epochs:
                 lookahead.finish()  # the model ends as the average, as in airbench
             trained = f"epoch {epoch + 1:>3}/{config.epochs}  loss {loss:.4f}  train acc {100 * train_acc:5.2f}%  "
@@ -335,7 +338,8 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
                 f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s"
                 + (f"  (the mean of the last {plural(config.averaged_epochs, 'epoch')})" if averaged else ""))
             if stop.is_set():
-                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved. "
+                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved ({run_dir / 'last.keras'}; "
+                                  f"the best model so far is {run_dir / 'model.keras'}). "
                                   f"Resume with: cifar-train --resume {run_dir}")
     return FitResult(run_dir if writes else None, state["best_val_acc"], state["epoch"], time.perf_counter() - t_start)
 
