@@ -83,7 +83,7 @@ def main(runs, keras_model, write, show_traceback):
         rows = {name: (statistics.median(s for s, _ in r), statistics.median(m for _, m in r))
                 for name, r in results.items()}
         (ours_s, ours_mb), (keras_s, keras_mb) = rows.values()
-        lines = [f"Measured {date.today().isoformat()} on {cpu_features().model}, median of {runs} runs "
+        lines = [f"Measured {date.today().isoformat()} on {cpu_features().model} ({', '.join(cpu_features().flags)}), median of {runs} runs "
                  "each (alternating, after one warm-up run of each).", "",
                  "| process | wall time | peak resident memory |", "| --- | --- | --- |"]
         lines += [f"| {name} | {s:.2f} s | {mb:.0f} MB |" for name, (s, mb) in rows.items()]
