@@ -6,9 +6,12 @@ Arguments, the data path and the run folder are checked before TensorFlow is imp
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from runtime.cli_support import run_cli, traceback_option
+from runtime.errors import OptionError
 
 from .config import FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig
 from .models import MODELS, PRECISIONS
@@ -40,6 +43,10 @@ def _recipe_note(field: str) -> str:
               help="Start from a saved model's features: 'shipped' (the bundled default model) or a "
                    ".keras file of the same --model; a new head for your classes, and a fine-tuning "
                    "schedule (10 epochs, batches of 64, peak learning rate 0.01).")
+@click.option("--time", "time_budget", metavar="DURATION", default=None,
+              help="Train to a time budget for the whole command, e.g. 90s, 2m, 1h30m: the first steps "
+                   "measure this machine, then the epochs, steps and learning-rate curve are planned to "
+                   "end in time (instead of --epochs).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Passes over the training split." + _recipe_note("epochs"))
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -74,13 +81,14 @@ def _recipe_note(field: str) -> str:
 @click.option("--quiet", is_flag=True,
               help="No progress bars (they are drawn only on a terminal anyway); one line per epoch.")
 @traceback_option
-def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precision, val_images, seed, distribute,
-         limit, test_limit, out, overwrite, resume_dir, quiet, show_traceback):
+def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cutout, precision, val_images, seed,
+         distribute, limit, test_limit, out, overwrite, resume_dir, quiet, show_traceback):
     """Train a Keras CNN on CIFAR-10 or on your own classes.
 
     \b
     Examples:
       cifar-train --data ../shared/data/cifar10 --model quick --out runs/quick
+      cifar-train --data ../shared/data/cifar10 --model quick --time 2m --out runs/quick
       cifar-train --data ../shared/data/cifar10 --out runs/default --overwrite
       cifar-train --data my_photos --init shipped --out runs/mine
 
@@ -89,12 +97,19 @@ def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precisio
     resumes the run.
     """
 
+    started = time.perf_counter()  # the budget of --time counts the whole command (train.fit.clock)
+
     def body():
+        from .budget import parse_duration
         from .data import check_data_path
         from .multiworker import check_start
         from .runfolder import check_new_run, check_resumable
 
         quiet_or_auto = True if quiet else None  # None: progress bars only on a terminal
+        seconds = parse_duration(time_budget) if time_budget is not None else None
+        if seconds is not None and (epochs is not None or resume_dir):
+            raise OptionError("--time plans the epochs itself; give --time or --epochs, not both" if epochs
+                              else "--resume continues the run's own plan; drop --time")
         if resume_dir:
             check_resumable(resume_dir)
             from .fit import fit
@@ -108,7 +123,7 @@ def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precisio
             config = TrainConfig.for_model(name, input_size=input_size, init=init, epochs=epochs,
                                            batch_size=batch_size, lr=lr, cutout=cutout, precision=precision,
                                            val_images=val_images, seed=seed, distribute=distribute,
-                                           train_limit=limit, test_limit=test_limit)
+                                           train_limit=limit, test_limit=test_limit, time_budget=seconds)
             config.check()
             run_dir = out or f"runs/{name}"
             check_data_path(data)
@@ -120,7 +135,7 @@ def main(data, model, input_size, init, epochs, batch_size, lr, cutout, precisio
                 check_new_run(run_dir, overwrite)
             from .fit import fit
 
-            result = fit(config, out=run_dir, data=data, overwrite=overwrite, quiet=quiet_or_auto)
+            result = fit(config, out=run_dir, data=data, overwrite=overwrite, quiet=quiet_or_auto, started=started)
         if result.run_dir is None:
             click.echo(f"done: this worker trained the run to epoch {result.epochs_done} "
                        f"({result.seconds / 60:.1f} min); the chief saved the model in its run folder")

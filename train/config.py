@@ -68,6 +68,12 @@ class TrainConfig:
     val_images: int | None = None
     seed: int | None = None  # None: a random seed, recorded in config.json
     distribute: str = "none"  # "none", "mirrored" (one machine) or "multiworker" (TF_CONFIG's cluster)
+    # Train to a time budget (--time): seconds for the whole command. The first steps measure
+    # this machine, then ``steps`` and ``epochs`` are planned to end in time (train.budget).
+    time_budget: float | None = None
+    # Optimizer steps in all, when a run ends inside an epoch (a planned budget); None: every
+    # epoch in full. The learning-rate curve spans exactly these steps.
+    steps: int | None = None
     train_limit: int | None = None  # use only this many training images (smoke runs)
     test_limit: int | None = None  # use only this many test images (smoke runs)
 
@@ -90,6 +96,17 @@ class TrainConfig:
         if self.cutout > self.input_size:
             raise OptionError(f"--cutout {self.cutout} is larger than the {self.input_size}x{self.input_size} "
                               f"images; use at most {self.input_size}")
+        if self.time_budget is not None and self.distribute == "multiworker":
+            raise OptionError("--time cannot plan a multi-worker run (each worker would measure its own speed); "
+                              "give --epochs instead")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps in the whole run: ``steps`` when planned, else every epoch in full."""
+        return self.steps if self.steps is not None else steps_per_epoch * self.epochs
+
+    def epoch_steps(self, epoch: int, steps_per_epoch: int) -> int:
+        """Optimizer steps in epoch ``epoch`` (0-based): all of them but in a planned run's last."""
+        return max(0, min(steps_per_epoch, self.total_steps(steps_per_epoch) - epoch * steps_per_epoch))
 
     @property
     def averaged_epochs(self) -> int:

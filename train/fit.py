@@ -23,13 +23,13 @@ import numpy as np
 from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError
 
-from . import multiworker, runfolder
+from . import budget, multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
 from .average import average_tail, snapshot_path
 from .config import TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
-from .models import (as_float32, build_model, check_init, copy_features, load_keras_model, resolve_precision,
-                     save_keras_model)
+from .models import (as_float32, build_model, check_init, copy_features, load_keras_model, precision_reason,
+                     resolve_precision, save_keras_model)
 from .optim import BiasScaledSGD, OneCycle
 from .progress import plural, progress_bar
 from .quiet_import import import_keras
@@ -37,7 +37,10 @@ from .quiet_import import import_keras
 keras = import_keras()
 
 FEW_STEPS = 10  # an epoch of fewer optimizer steps than this gets a warning
+HEARTBEAT_S = 30.0  # in a log (no progress bar), a line at least this often within an epoch
+SPEED_STEPS = 3  # steps timed after the first (compiled) one before the speed is told
 Log = Callable[[str], None]
+clock = time.perf_counter  # every duration here (tests replace it with a fake clock)
 
 
 class Interrupted(CifarEdgeError):
@@ -69,7 +72,7 @@ def _stderr(line: str) -> None:
 
 def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | ImageDataset | None = None,
         resume: bool = False, overwrite: bool = False, quiet: bool | None = None, log: Log = _stderr,
-        stop: "StopRequest | None" = None, callbacks: Sequence = ()) -> FitResult:
+        stop: "StopRequest | None" = None, callbacks: Sequence = (), started: float | None = None) -> FitResult:
     """Train ``config.model`` into the run folder ``out``.
 
     resume: continue the unfinished run saved there (its config.json wins over ``config``).
@@ -78,6 +81,8 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | I
     stop: a ``StopRequest`` to end training early (Ctrl+C/SIGTERM set one when it is None).
     callbacks: extra Keras callbacks, called before the built-in one at every step (so a stop
         they request takes effect at that same step).
+    started: when ``config.time_budget`` began (a ``train.fit.clock()`` reading; the CLI's
+        start, so the budget counts the whole command); None: now.
 
     ``config.distribute == "multiworker"``: this process is one worker of the cluster in
     TF_CONFIG (``train.multiworker``); the chief resumes the unfinished multi-worker run in
@@ -89,23 +94,28 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | I
     if cluster is not None and stop is not None:
         raise CifarEdgeError("a stop request cannot end a multi-worker run: a worker that stops alone leaves "
                              "the others waiting")
+    started = clock() if started is None else started
     with multiworker.lost_workers_as_error(cluster, run_dir):
         return _fit(config, run_dir, data, resume, overwrite, quiet, log, stop or StopRequest(), list(callbacks),
-                    cluster)
+                    cluster, started)
 
 
 def _fit(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None, log: Log,
-         stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None") -> FitResult:
+         stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None", started: float) -> FitResult:
     chief = cluster is None or cluster.is_chief
     with runfolder.RunLock(run_dir) if chief else contextlib.nullcontext() as lock:
-        return _fit_locked(config, run_dir, data, resume, overwrite, quiet, log, stop, callbacks, cluster, lock)
+        return _fit_locked(config, run_dir, data, resume, overwrite, quiet, log, stop, callbacks, cluster, lock,
+                           started)
 
 
 def _fit_locked(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None,
                 log: Log, stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None",
-                lock: "runfolder.RunLock | None") -> FitResult:
+                lock: "runfolder.RunLock | None", started: float) -> FitResult:
     chief = cluster is None or cluster.is_chief
+    why = "as the run was started" if resume else precision_reason(config.precision)
     config, state, data, resume = _open_run(config, run_dir, data, resume, overwrite, cluster)
+    if resume:
+        why = "as the run was started"
     strategy = setup_devices(config.distribute)  # a multi-worker strategy must come before any other op
     if cluster is not None:
         config, state = multiworker.share_run(strategy, cluster, config, state)
@@ -125,16 +135,31 @@ def _fit_locked(config: TrainConfig, run_dir: Path, data, resume: bool, overwrit
                                  len(dataset.class_names), steps_per_epoch, log)
     if cluster is not None:
         multiworker.share_state(strategy, cluster, model, split, run_dir / "last.keras" if resume else None)
+    planned = deadline = None
+    if config.time_budget is not None and not (resume or state["epoch"]):
+        config, planned = _plan_to_budget(model, config, split, steps_per_epoch, started, why, log)
+        deadline = started + config.time_budget - END_RESERVE_S - planned.finish_s
     if resume or state["epoch"]:
         log(f"resuming {run_dir if chief else 'the run of the chief'} at epoch {state['epoch'] + 1}/{config.epochs}"
             + (f", step {state['step']}" if state["step"] else ""))
     elif chief:
         _start_run_folder(run_dir, config, dataset, data, model, split, overwrite, init, lock)
         log(f"{config.model}: {model.count_params():,} parameters; {len(split.x_train):,} training / "
-            f"{len(split.x_val):,} validation images; {plural(config.epochs, 'epoch')} of "
-            f"{plural(steps_per_epoch, 'step')}; {config.precision}")
+            f"{len(split.x_val):,} validation images; {_schedule_words(config, steps_per_epoch)}; "
+            f"{config.precision} ({why})")
+    # A planned run has told its speed already; any other tells it after its first steps.
+    speed_note = None if planned else _SpeedNote(config, steps_per_epoch, why, log)
     return _train_epochs(model, config, split, run_dir, state, steps_per_epoch, quiet, log, stop, callbacks,
-                         writes=chief)
+                         writes=chief, speed_note=speed_note, deadline=deadline)
+
+
+def _schedule_words(config: TrainConfig, steps_per_epoch: int) -> str:
+    """"6 epochs of 44 steps", or for a run planned to end inside an epoch "130 steps
+    (2.95 epochs of 44)"."""
+    total = config.total_steps(steps_per_epoch)
+    if total == steps_per_epoch * config.epochs:
+        return f"{plural(config.epochs, 'epoch')} of {plural(steps_per_epoch, 'step')}"
+    return f"{plural(total, 'step')} ({total / steps_per_epoch:.2f} epochs of {steps_per_epoch:,})"
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -257,6 +282,109 @@ def _build_or_load(config: TrainConfig, run_dir: Path, resume: bool, strategy, s
         return model, init
 
 
+END_RESERVE_S = 1.0  # seconds a budgeted run keeps for its last line and exit
+
+
+def _plan_to_budget(model, config: TrainConfig, split: Split, steps_per_epoch: int, started: float, why: str,
+                    log: Log) -> tuple[TrainConfig, budget.Plan]:
+    """Time real steps (``_Probe``), plan the run's steps to end within ``config.time_budget``
+    of ``started``, and recompile ``model`` with the learning-rate curve over exactly those
+    steps. The timed steps train at the warm-up's start rate and are not counted in the plan."""
+    import tempfile
+
+    bs = config.batch_size
+    n = min(len(split.x_train), bs * PROBE_MAX_STEPS)
+    x = split.x_train[:n]
+    y = np.eye(int(model.output_shape[-1]), dtype=np.float32)[split.y_train[:n]]
+    probe = _Probe()
+    t0 = clock()
+    model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0, callbacks=[probe])
+    call_s = clock() - t0
+    if probe.timed:
+        step_s = probe.timed_s / probe.timed
+    else:  # the training split is a single batch: time a second, compiled, call
+        t1 = clock()
+        model.fit(x, y, batch_size=bs, epochs=1, shuffle=False, verbose=0)
+        step_s = clock() - t1
+    speed = budget.Speed(step_s=max(step_s, 1e-6), first_step_s=probe.first_s, batch_size=bs)
+    # What each epoch costs beside its steps: its fit call, augmenting it, evaluating, saving.
+    call_overhead = max(0.0, call_s - probe.first_s - probe.timed_s)
+    t0 = clock()
+    augment_epoch(x, np.random.default_rng([config.seed, 2]), config.translate, config.flip, config.cutout)
+    augment_s = (clock() - t0) * len(split.x_train) / n
+    t0 = clock()
+    k = min(len(split.x_val), 1000)
+    evaluate(model, split.x_val[:k], split.y_val[:k])
+    evaluate_s = (clock() - t0) * len(split.x_val) / k
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = clock()
+        save_keras_model(model, Path(tmp) / "model.keras")
+        model.save(Path(tmp) / "last.keras")
+        save_s = (clock() - t0) * 1.5  # and history, state and curves
+    overhead = call_overhead + augment_s + evaluate_s + save_s
+    remaining = config.time_budget - (clock() - started) - END_RESERVE_S
+    restart = max(0.0, probe.first_s - step_s)  # the recompiled model traces its step again
+    planned = budget.plan(remaining, speed, steps_per_epoch, overhead, restart_s=restart,
+                          finish_s=evaluate_s + save_s + call_overhead)
+    config = config.with_(steps=planned.steps, epochs=planned.epochs)
+    compile_model(model, config, steps_per_epoch)
+    log(f"time budget {budget.format_duration(config.time_budget)}: "
+        f"{budget.format_duration(clock() - started)} gone (start-up, data, {1 + probe.timed} timed steps); "
+        + budget.estimate_line(speed, config.precision, why, planned.steps, steps_per_epoch, overhead))
+    log(f"planned: {_schedule_words(config, steps_per_epoch)}, the learning rate over exactly those, "
+        f"~{budget.format_duration(planned.seconds)} of training"
+        + ("; less than one epoch: each image is seen at most once, so a longer --time trains better"
+           if planned.steps < steps_per_epoch else ""))
+    return config, planned
+
+
+PROBE_S = 2.0  # seconds of compiled steps a budgeted run times before it plans
+PROBE_MAX_STEPS = 60
+
+
+class _Probe(keras.callbacks.Callback):
+    """Times the steps of one fit call: the first (tracing and compiling) apart, then the
+    compiled ones until there are SPEED_STEPS of them and PROBE_S seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.t0 = clock()
+        self.first_s, self.timed, self.timed_s = 0.0, 0, 0.0
+        self._last = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = clock()
+        if self._last is None:
+            self.first_s = now - self.t0
+        else:
+            self.timed += 1
+            self.timed_s += now - self._last
+            if self.timed >= SPEED_STEPS and self.timed_s >= PROBE_S:
+                self.model.stop_training = True
+        self._last = now
+
+
+class _SpeedNote:
+    """Once the first steps of a run are timed: the speed, the precision and why, and how long
+    the run will take; a warning when that is more than ``budget.LONG_RUN_S``."""
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, why: str, log: Log):
+        self.config, self.steps_per_epoch, self.why, self.log = config, steps_per_epoch, why, log
+        self.told = False
+
+    def tell(self, speed: budget.Speed, steps_left: int) -> None:
+        if self.told:
+            return
+        self.told = True
+        self.log(budget.estimate_line(speed, self.config.precision, self.why, steps_left, self.steps_per_epoch)
+                 + (" from here" if steps_left < self.config.total_steps(self.steps_per_epoch) else ""))
+        run_s = steps_left * speed.step_s
+        if run_s > budget.LONG_RUN_S:
+            self.log(f"warning: at this speed the run takes about {budget.format_duration(run_s)}; "
+                     "--time 30m (or any budget) plans the best run that fits in the time, "
+                     "and --model quick trains a smaller model in minutes")
+
+
 def _copy_init(model, config: TrainConfig, log: Log) -> dict:
     """Start ``model`` from the features of the model ``config.init`` names; say what was copied."""
     import hashlib
@@ -287,31 +415,41 @@ def _start_run_folder(run_dir: Path, config: TrainConfig, dataset: ImageDataset,
 
 
 def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state: dict, steps_per_epoch: int,
-                  quiet: bool | None, log: Log, stop: "StopRequest", callbacks: list, writes: bool = True) -> FitResult:
+                  quiet: bool | None, log: Log, stop: "StopRequest", callbacks: list, writes: bool = True,
+                  speed_note: "_SpeedNote | None" = None, deadline: float | None = None) -> FitResult:
     """Train from ``state`` to the last epoch. ``writes``: evaluate each epoch and write the run
-    folder (False: a worker of a cluster other than the chief, which only trains)."""
+    folder (False: a worker of a cluster other than the chief, which only trains). ``deadline``:
+    a ``clock()`` time at which a budgeted run ends where it is, finished (its plan was too
+    hopeful)."""
     multiworker_run = config.distribute == "multiworker"
     # Validation and model.keras use a float32 twin of a mixed-precision model: what is
     # measured here is what gets exported. In a cluster the twin is always a copy outside the
     # strategy, so that the chief evaluates alone, with no collective op for the others to join.
     model32 = as_float32(model, copy=multiworker_run) if writes else None
-    lookahead = Lookahead(model, steps_per_epoch * config.epochs) if config.lookahead else None
+    lookahead = Lookahead(model, config.total_steps(steps_per_epoch)) if config.lookahead else None
     rows = [r for r in runfolder.read_history(run_dir) if r["epoch"] <= state["epoch"]] if writes else []
-    t_start = time.perf_counter()
+    t_start = clock()
     # No signal handlers in a cluster: a worker that stopped alone would leave the others waiting.
     with stop.on_signals() if not multiworker_run else contextlib.nullcontext():
         for epoch in range(state["epoch"], config.epochs):
             first_step = state["step"]
-            seconds, steps_done, loss, train_acc = _train_one_epoch(
-                model, config, split, epoch, first_step, steps_per_epoch, lookahead, quiet, stop, callbacks)
+            epoch_steps = config.epoch_steps(epoch, steps_per_epoch)
+            seconds, steps_done, loss, train_acc, out_of_time = _train_one_epoch(
+                model, config, split, epoch, first_step, steps_per_epoch, lookahead, quiet, stop, callbacks, log,
+                speed_note, deadline)
             steps_now = first_step + steps_done
-            if stop.is_set() and steps_now < steps_per_epoch:
+            if stop.is_set() and steps_now < epoch_steps:
                 state.update(epoch=epoch, step=steps_now)
                 _checkpoint(model, run_dir, state)
                 raise Interrupted(f"interrupted in epoch {epoch + 1} at step {steps_now}/{steps_per_epoch}; "
                                   f"checkpoint saved ({run_dir / 'last.keras'}, {run_dir / 'state.json'}; "
                                   f"the best model so far is {run_dir / 'model.keras'}). "
                                   f"Resume with: cifar-train --resume {run_dir}")
+            if out_of_time and not stop.is_set() and (steps_now < epoch_steps or epoch + 1 < config.epochs):
+                total = config.total_steps(steps_per_epoch)
+                log(f"time is up at step {epoch * steps_per_epoch + steps_now:,} of the {total:,} planned: "
+                    "the run ends here")
+                config = config.with_(epochs=epoch + 1, steps=epoch * steps_per_epoch + steps_now, average_last=0)
             if lookahead is not None and epoch + 1 == config.epochs:
                 lookahead.finish()  # the model ends as the average, as in airbench
             trained = f"epoch {epoch + 1:>3}/{config.epochs}  loss {loss:.4f}  train acc {100 * train_acc:5.2f}%  "
@@ -328,7 +466,7 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
             averaged = _tail_average(model32, config, run_dir) if last_epoch else None
             final = averaged or model32
             val_loss, val_acc = evaluate(final, split.x_val, split.y_val)
-            images = len(split.x_train) - first_step * config.batch_size
+            images = min(len(split.x_train), steps_now * config.batch_size) - first_step * config.batch_size
             row = {"epoch": epoch + 1, "lr": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
                    "loss": loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                    "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
@@ -337,17 +475,21 @@ def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state
             log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
                 f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s"
                 + (f"  (the mean of the last {plural(config.averaged_epochs, 'epoch')})" if averaged else ""))
+            if last_epoch:
+                break  # a budgeted run whose time is up ends before its planned epochs
             if stop.is_set():
                 raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved ({run_dir / 'last.keras'}; "
                                   f"the best model so far is {run_dir / 'model.keras'}). "
                                   f"Resume with: cifar-train --resume {run_dir}")
-    return FitResult(run_dir if writes else None, state["best_val_acc"], state["epoch"], time.perf_counter() - t_start)
+    return FitResult(run_dir if writes else None, state["best_val_acc"], state["epoch"], clock() - t_start)
 
 
 def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first_step: int, steps_per_epoch: int,
-                     lookahead: "Lookahead | None", quiet: bool | None, stop: "StopRequest", callbacks: list):
-    """One pass over the augmented training split, from ``first_step`` (a resumed epoch).
-    Returns (seconds, steps done, loss, train accuracy)."""
+                     lookahead: "Lookahead | None", quiet: bool | None, stop: "StopRequest", callbacks: list,
+                     log: Log = _stderr, speed_note: "_SpeedNote | None" = None, deadline: float | None = None):
+    """One pass over the augmented training split, from ``first_step`` (a resumed epoch) to the
+    epoch's last step (a planned run's last epoch may end early), or to ``deadline``.
+    Returns (seconds, steps done, loss, train accuracy, whether the deadline ended it)."""
     # The epoch's data depends only on (seed, epoch): a resumed run sees the same batches.
     rng = np.random.default_rng([config.seed, epoch])
     order = rng.permutation(len(split.x_train))
@@ -356,17 +498,22 @@ def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first
         flip = alternating_flips(len(split.x_train), config.seed, epoch)[order]
     x_epoch = augment_epoch(split.x_train[order], rng, config.translate, flip, config.cutout)
     y_epoch = np.eye(int(model.output_shape[-1]), dtype=np.float32)[split.y_train[order]]
-    skip = first_step * config.batch_size
-    bar = progress_bar(steps_per_epoch - first_step, f"epoch {epoch + 1}/{config.epochs}", "step", quiet)
-    step_callback = StepCallback(stop, lookahead, epoch * steps_per_epoch + first_step, bar, config.batch_size)
-    t0 = time.perf_counter()
+    skip, end = first_step * config.batch_size, config.epoch_steps(epoch, steps_per_epoch) * config.batch_size
+    epoch_steps = config.epoch_steps(epoch, steps_per_epoch)
+    bar = progress_bar(epoch_steps - first_step, f"epoch {epoch + 1}/{config.epochs}", "step", quiet)
+    steps_left = config.total_steps(steps_per_epoch) - epoch * steps_per_epoch - first_step
+    step_callback = StepCallback(stop, lookahead, epoch * steps_per_epoch + first_step, bar, config.batch_size,
+                                 heartbeat=_Heartbeat(f"epoch {epoch + 1}/{config.epochs}", first_step, epoch_steps,
+                                                      log) if bar.disable else None,
+                                 speed_note=speed_note, steps_left=steps_left, deadline=deadline)
+    t0 = clock()
     try:
-        hist = model.fit(x_epoch[skip:], y_epoch[skip:], batch_size=config.batch_size, epochs=1,
+        hist = model.fit(x_epoch[skip:end], y_epoch[skip:end], batch_size=config.batch_size, epochs=1,
                          shuffle=False, verbose=0, callbacks=[*callbacks, step_callback])
     finally:
         bar.close()
-    return (time.perf_counter() - t0, step_callback.steps_done,
-            float(hist.history["loss"][-1]), float(hist.history["acc"][-1]))
+    return (clock() - t0, step_callback.steps_done, float(hist.history["loss"][-1]), float(hist.history["acc"][-1]),
+            step_callback.out_of_time)
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -417,7 +564,7 @@ def _checkpoint(model, run_dir: Path, state: dict) -> None:
 
 def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
     """Compile with the recipe in ``config``: Nesterov SGD on a one-cycle schedule, label smoothing."""
-    total = steps_per_epoch * config.epochs
+    total = config.total_steps(steps_per_epoch)
     schedule = OneCycle(config.lr, total, int(total * config.warmup), config.final_lr, config.start_lr)
     optimizer = BiasScaledSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True,
                               bias_lr_scale=config.bias_lr_scale,
@@ -494,25 +641,65 @@ class StopRequest:
                 signal.signal(s, h)
 
 
+class _Heartbeat:
+    """In a log, where no bar is drawn: a line at least every ``HEARTBEAT_S`` within an epoch,
+    "epoch 2/6: step 20/44, loss 1.834, 1,590 images/s, ~17 s to the epoch's end"."""
+
+    def __init__(self, name: str, first_step: int, epoch_steps: int, log: Log):
+        self.name, self.first_step, self.epoch_steps, self.log = name, first_step, epoch_steps, log
+        self.t0 = self.last = clock()
+
+    def step(self, steps_done: int, batch_size: int, loss: float | None) -> None:
+        now = clock()
+        if now - self.last < HEARTBEAT_S:
+            return
+        self.last = now
+        step_s = (now - self.t0) / steps_done
+        left = (self.epoch_steps - self.first_step - steps_done) * step_s
+        self.log(f"  {self.name}: step {self.first_step + steps_done}/{self.epoch_steps}"
+                 + (f", loss {loss:.3f}" if loss is not None else "")
+                 + f", {batch_size / step_s:,.0f} images/s, ~{budget.format_duration(left)} to the epoch's end")
+
+
 class StepCallback(keras.callbacks.Callback):
-    """After every optimizer step: the lookahead average, the progress bar, the stop request."""
+    """After every optimizer step: the lookahead average, the progress bar (or in a log, a
+    heartbeat line), the speed once the first steps are timed, the stop request."""
 
     def __init__(self, stop: StopRequest, lookahead: Lookahead | None, first_global_step: int, bar,
-                 batch_size: int):
+                 batch_size: int, heartbeat: _Heartbeat | None = None, speed_note: _SpeedNote | None = None,
+                 steps_left: int = 0, deadline: float | None = None):
         super().__init__()
         self.stop, self.lookahead, self.bar, self.batch_size = stop, lookahead, bar, batch_size
         self.first_global_step = first_global_step
+        self.heartbeat, self.speed_note, self.steps_left = heartbeat, speed_note, steps_left
+        self.deadline, self.out_of_time = deadline, False
         self.steps_done = 0
-        self.t0 = time.perf_counter()
+        self.t0 = clock()
+        self.t_first = None  # the end of the first step: tracing and compiling are behind it
+        self._last_end = self.t0
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps_done += 1
+        now = clock()
         if self.lookahead is not None:
             self.lookahead.step(self.first_global_step + self.steps_done)
         self.bar.update(1)
-        if logs and self.steps_done % 5 == 0 and not self.bar.disable:
-            rate = self.steps_done * self.batch_size / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}", img_s=f"{rate:.0f}")
+        loss = float(logs["loss"]) if logs and "loss" in logs else None
+        if loss is not None and self.steps_done % 5 == 0 and not self.bar.disable:
+            rate = self.steps_done * self.batch_size / max(now - self.t0, 1e-9)
+            self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
+        if self.steps_done == 1:
+            self.t_first = now
+        elif self.speed_note is not None and self.steps_done == 1 + SPEED_STEPS:
+            speed = budget.Speed(step_s=max((now - self.t_first) / SPEED_STEPS, 1e-9),
+                                 first_step_s=self.t_first - self.t0, batch_size=self.batch_size)
+            self.speed_note.tell(speed, self.steps_left)
+        if self.heartbeat is not None:
+            self.heartbeat.step(self.steps_done, self.batch_size, loss)
+        # Stop when another step like the last one would end past the deadline.
+        if self.deadline is not None and now + (now - self._last_end) > self.deadline:
+            self.out_of_time = self.model.stop_training = True
+        self._last_end = now
         if self.stop.is_set():
             self.model.stop_training = True
 

@@ -190,7 +190,24 @@ def resolve_precision(precision: str, flags: set[str] | None = None) -> str:
     if precision != "auto":
         return precision
     flags = cpu_flags() if flags is None else flags
-    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
+    return "mixed_bfloat16" if BF16_FLAGS & flags else "float32"
+
+
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # the x86 instructions that make bfloat16 training pay
+
+
+def precision_reason(asked: str, flags: set[str] | None = None) -> str:
+    """Why a run trains in the precision ``resolve_precision(asked)`` gives, in a few words:
+    "this CPU has avx512_bf16", "this CPU has no bfloat16 instructions (...)", "--precision"."""
+    from runtime.cpu import cpu_flags
+
+    if asked != "auto":
+        return "asked for with --precision"
+    flags = cpu_flags() if flags is None else flags
+    have = sorted(BF16_FLAGS & flags)
+    if have:
+        return f"this CPU has {', '.join(have)}: about 2x faster than float32"
+    return f"this CPU has no bfloat16 instructions ({'/'.join(sorted(BF16_FLAGS))})"
 
 
 def as_float32(model, copy: bool = False) -> "keras.Model":
