@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -45,15 +46,46 @@ def _load_classifier(model: str | None, provider: str, threads: int, top_k: int,
                                    allow_failed=allow_failed, note=note or _note)
 
 
-def _unique_path(directory: Path, name: str, used: set[str]) -> Path:
-    stem, suffix = Path(name).stem, Path(name).suffix.lower()
-    suffix = suffix if suffix in SAVE_SUFFIXES else ".png"
-    candidate, n = f"{stem}{suffix}", 0
-    while candidate in used:
-        n += 1
-        candidate = f"{stem}-{n}{suffix}"
-    used.add(candidate)
-    return directory / candidate
+@dataclass(frozen=True)
+class SavePlan:
+    """Where ``--save DIR`` writes each input's annotated copy, as a path below DIR."""
+
+    targets: dict[str, Path]  # input as given -> its copy below DIR (an input given twice: one copy)
+    mirrored_below: Path | None  # the inputs' common folder, whose layout DIR repeats; None: flat names
+    renamed: frozenset[Path]  # copies whose path was still taken, given a -1, -2 suffix
+
+
+def _saved_name(source: str) -> tuple[str, str]:
+    """The (stem, suffix) of a copy: x.JPG -> x, .jpg; a suffix it is not written in (.gif) -> .png."""
+    suffix = Path(source).suffix.lower()
+    return Path(source).stem, suffix if suffix in SAVE_SUFFIXES else ".png"
+
+
+def plan_saved_copies(sources: list[str]) -> SavePlan:
+    """Flat names (DIR/x.png) when the inputs' names are distinct; otherwise every input's folder
+    below the inputs' common folder is repeated under DIR (a/x.png, b/x.png), so that each copy
+    says which input it is. Inputs are made absolute first: ``..`` and inputs from other roots
+    never lead outside DIR. A path still taken (x.gif beside x.png; names compared ignoring case,
+    as macOS and Windows do) gets -1, -2."""
+    files = list(dict.fromkeys(os.path.abspath(s) for s in sources))  # the same file once
+    names = [_saved_name(f) for f in files]
+    folders = [Path(f).parent.parts for f in files]  # ("/", "home", "me", "a")
+    collide = len({(stem + suffix).casefold() for stem, suffix in names}) < len(files)
+    common = len(os.path.commonprefix(folders)) if collide else None
+    planned, renamed, used = {}, set(), set()
+    for file, (stem, suffix), parts in zip(files, names, folders):
+        # A root or drive ("/", "C:\\") left below the common folder becomes a plain folder name.
+        below = [part.strip("/\\").replace(":", "") or "root" for part in parts[common:]] if collide else []
+        target, n = Path(*below, stem + suffix), 0
+        while str(target).casefold() in used:
+            n += 1
+            target = Path(*below, f"{stem}-{n}{suffix}")
+        used.add(str(target).casefold())
+        planned[file] = target
+        if n:
+            renamed.add(target)
+    return SavePlan({s: planned[os.path.abspath(s)] for s in sources},
+                    Path(*folders[0][:common]) if collide else None, frozenset(renamed))
 
 
 def _parse_size(value: str | None) -> tuple[int, int] | None:
@@ -82,19 +114,47 @@ def _format_top_k(prediction) -> str:
     return ", ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
 
 
+def _echo_result(result, label: str | None, fmt: str, writer, width: int, saved: Path | None,
+                 saving: bool) -> None:
+    """One input's line: a table row, a JSON object or a CSV row; with ``saving`` (--save) the
+    JSON and CSV name the annotated copy (``saved``: null or empty when none was written)."""
+    pred = result.prediction
+    if fmt == "json":
+        row = {"file": result.source, **(pred.to_dict() if pred else {}), "error": result.error}
+        if pred is not None:
+            row["label"] = label
+            row["top_label"] = pred.label
+        if saving:
+            row["saved"] = None if saved is None else str(saved)
+        click.echo(json.dumps(row))
+    elif writer:
+        writer.writerow([result.source, label or "", f"{pred.confidence:.6f}" if pred else "",
+                         _format_top_k(pred) if pred else "", result.error or ""]
+                        + ([saved or ""] if saving else []))
+        sys.stdout.flush()
+    elif pred is not None:
+        click.echo(f"{result.source:<{width}}  {label:<12} {pred.confidence:>6.1%}  {_format_top_k(pred)}")
+    else:
+        click.echo(f"{result.source:<{width}}  {'ERROR':<12} {'':>6}  {result.error}")
+
+
 def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, grid: Path | None,
                     min_confidence: float, batch_size: int) -> int:
-    """Classify ``paths``, print one line each, write copies/grid; returns the exit code."""
+    """Classify ``paths``, print one line each, write copies/grid; returns the exit code.
+
+    ``save_dir``: an annotated copy of each input that decodes, named by ``plan_saved_copies``;
+    a final note says where, and each JSON/CSV line which copy is its own."""
     from .annotate import TILE, annotate_image, contact_sheet
     from .atomic import atomic_path
 
+    plan = plan_saved_copies(paths) if save_dir is not None else None
     width = min(60, max([len("file")] + [len(p) for p in paths]))
     writer = csv.writer(sys.stdout, lineterminator="\n") if fmt == "csv" else None
     if fmt == "table":
         click.echo(f"{'file':<{width}}  {'label':<12} {'conf':>6}  top-k")
     elif writer:
-        writer.writerow(["file", "label", "confidence", "top_k", "error"])
-    used: set[str] = set()
+        writer.writerow(["file", "label", "confidence", "top_k", "error"] + (["saved"] if plan else []))
+    written: set[Path] = set()
     sheet_items = []
     failed = 0
     keep = save_dir is not None or grid is not None
@@ -103,26 +163,18 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
         if not result.ok:
             failed += 1
         label = pred.shown_label(min_confidence) if pred is not None else None
-        if fmt == "json":
-            row = {"file": result.source, **(pred.to_dict() if pred else {}), "error": result.error}
-            if pred is not None:
-                row["label"] = label
-                row["top_label"] = pred.label
-            click.echo(json.dumps(row))
-        elif writer:
-            writer.writerow([result.source, label or "", f"{pred.confidence:.6f}" if pred else "",
-                             _format_top_k(pred) if pred else "", result.error or ""])
-            sys.stdout.flush()
-        elif pred is not None:
-            click.echo(f"{result.source:<{width}}  {label:<12} {pred.confidence:>6.1%}  {_format_top_k(pred)}")
-        else:
-            click.echo(f"{result.source:<{width}}  {'ERROR':<12} {'':>6}  {result.error}")
         image = result.image_rgb
-        if save_dir is not None and image is not None:
-            target = _unique_path(save_dir, Path(result.source).name, used)
-            with atomic_path(target) as tmp:
-                annotate_image(image, pred, min_confidence=min_confidence).save(
-                    tmp, format="JPEG" if target.suffix in (".jpg", ".jpeg") else None)
+        copy = None
+        if plan is not None and image is not None:
+            copy = save_dir / plan.targets[result.source]
+            if copy not in written:  # one file given twice: one copy
+                with atomic_path(copy) as tmp:
+                    annotate_image(image, pred, min_confidence=min_confidence).save(
+                        tmp, format="JPEG" if copy.suffix in (".jpg", ".jpeg") else None)
+                written.add(copy)
+                if plan.targets[result.source] in plan.renamed:
+                    _note(f"{result.source}: annotated copy saved as {copy} (its name was taken)")
+        _echo_result(result, label, fmt, writer, width, copy, saving=plan is not None)
         if grid is not None:
             if image is not None and max(image.size) > TILE:
                 image = image.copy()
@@ -132,8 +184,10 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
         with atomic_path(grid) as tmp:
             contact_sheet(sheet_items, min_confidence=min_confidence).save(tmp, format="PNG")
         _note(f"wrote contact sheet {grid}")
-    if save_dir is not None:
-        _note(f"wrote {len(used)} annotated cop{'y' if len(used) == 1 else 'ies'} to {save_dir}")
+    if plan is not None:
+        layout = ("" if plan.mirrored_below is None else
+                  f", in their folders below {plan.mirrored_below} (their file names collide)")
+        _note(f"wrote {len(written)} annotated cop{'y' if len(written) == 1 else 'ies'} to {save_dir}{layout}")
     if failed:
         _note(f"{failed} of {len(paths)} input(s) failed")
         return ExitCode.PARTIAL
@@ -258,8 +312,9 @@ def _show(window, annotated, result, stop, video) -> None:
               help="Below this top probability the label is shown as 'uncertain'.")
 @click.option("--json", "fmt", flag_value="json", help="One JSON object per line.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")
-@click.option("--save", type=click.Path(), help="Images: a directory for annotated copies. "
-              "Camera: a video file (.mp4/.avi) for the annotated stream.")
+@click.option("--save", type=click.Path(), help="Images: a directory for annotated copies, flat "
+              "(DIR/x.png), or in the inputs' folders when names collide (DIR/a/x.png, DIR/b/x.png); "
+              "--json/--csv name each row's copy. Camera: a video file (.mp4/.avi) for the annotated stream.")
 @click.option("--grid", type=click.Path(dir_okay=False), help="Write a contact sheet (PNG) of all inputs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per onnxruntime call.")

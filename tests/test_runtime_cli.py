@@ -119,13 +119,78 @@ def test_save_annotated_copies_and_grid(tiny_model, images, tmp_path):
     assert not list(tmp_path.glob("**/.*"))  # no temp files left behind
 
 
-def test_save_name_collisions(tiny_model, images, tmp_path):
+def _corner(path: Path) -> tuple:
+    """The bottom-right pixel of an annotated copy: the input's own colour, below the label band."""
+    with Image.open(path) as image:
+        return image.convert("RGB").getpixel((image.width - 1, image.height - 1))
+
+
+def test_save_keeps_flat_names_and_says_which_copy_is_which(tiny_model, images, tmp_path):
+    out = tmp_path / "out"
+    r = run(images / "red.png", images / "nested" / "blue.bmp", tmp_path / "missing.jpg", "--model",
+            tiny_model, "--save", out, "--csv")
+    assert r.exit_code == 3, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [row["saved"] for row in rows] == [str(out / "red.png"), str(out / "blue.bmp"), ""]
+    assert sorted(p.name for p in out.iterdir()) == ["blue.bmp", "red.png"]  # distinct names stay flat
+    assert _corner(out / "blue.bmp") == (0, 0, 255)
+    assert f"wrote 2 annotated copies to {out}\n" in r.stderr  # no folders kept: nothing collides
+    plain = run(images / "red.png", "--model", tiny_model, "--csv")  # without --save: no saved column
+    assert next(csv.reader(io.StringIO(plain.stdout))) == ["file", "label", "confidence", "top_k", "error"]
+    assert "saved" not in json_rows(run(images / "red.png", "--model", tiny_model, "--json").stdout)[0]
+
+
+def test_save_name_collisions_keep_the_inputs_folders(tiny_model, images, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     Image.fromarray(solid((0, 0, 255))).save(other / "red.png")
-    r = run(images / "red.png", other / "red.png", "--model", tiny_model, "--save", tmp_path / "o")
-    assert r.exit_code == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["red-1.png", "red.png"]
+    out = tmp_path / "o"
+    r = run(images / "red.png", other / "red.png", images / "green.jpg", "--model", tiny_model, "--save", out,
+            "--json")
+    assert r.exit_code == 0, r.output
+    saved = {row["file"]: row["saved"] for row in json_rows(r.stdout)}
+    assert saved == {str(images / "red.png"): str(out / "imgs" / "red.png"),
+                     str(other / "red.png"): str(out / "other" / "red.png"),
+                     str(images / "green.jpg"): str(out / "imgs" / "green.jpg")}
+    assert _corner(out / "imgs" / "red.png") == (255, 0, 0) and _corner(out / "other" / "red.png") == (0, 0, 255)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [
+        "imgs/green.jpg", "imgs/red.png", "other/red.png"]
+    assert f"wrote 3 annotated copies to {out}, in their folders below {tmp_path} (their file names collide)" \
+        in r.stderr
+    assert not list(tmp_path.glob("**/.*"))  # no temp files left behind
+
+
+def test_save_a_name_still_taken_gets_a_suffix_and_a_note(tiny_model, images, tmp_path):
+    Image.fromarray(solid((0, 0, 255))).save(images / "red.gif")  # written as PNG: red.png is taken
+    out = tmp_path / "o"
+    r = run(images / "red.png", images / "red.gif", images / "red.png", "--model", tiny_model, "--save", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["red-1.png", "red.png"]  # red.png given twice: one copy
+    assert _corner(out / "red.png") == (255, 0, 0) and _corner(out / "red-1.png") == (0, 0, 255)
+    assert f"{images / 'red.gif'}: annotated copy saved as {out / 'red-1.png'} (its name was taken)" in r.stderr
+    assert f"wrote 2 annotated copies to {out}, in their folders below {images} " in r.stderr
+
+
+def test_saved_copies_never_leave_the_folder(tmp_path, monkeypatch):
+    from runtime.cli import plan_saved_copies
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    sources = ["../a/x.png", "/srv/b/x.png", "../../x.jpg", "c/X.PNG", "c/x.png", "./c/x.png", "d/y.tiff"]
+    plan = plan_saved_copies(sources)
+    below = {source: str(target) for source, target in plan.targets.items()}
+    assert all(not Path(t).is_absolute() and ".." not in Path(t).parts for t in below.values())
+    root = Path(os.path.abspath("/")).parts[0]  # the inputs share only the root: their whole path is kept
+    assert plan.mirrored_below == Path(root)
+    here = Path(os.path.abspath(".")).relative_to(root)
+    assert below["/srv/b/x.png"] == str(Path("srv/b/x.png"))
+    assert below["../a/x.png"] == str(here.parent / "a" / "x.png")
+    assert below["c/X.PNG"] == str(here / "c" / "X.png")
+    assert below["c/x.png"] == below["./c/x.png"] == str(here / "c" / "x-1.png")  # case: taken on macOS
+    assert below["d/y.tiff"] == str(here / "d" / "y.png")
+    assert plan.renamed == {Path(below["c/x.png"])}
+    assert plan_saved_copies(["a/x.png", "b/y.png"]).mirrored_below is None  # distinct names: flat
+    assert plan_saved_copies(["a/x.png", "b/y.png"]).targets == {"a/x.png": Path("x.png"), "b/y.png": Path("y.png")}
 
 
 def test_bundled_model_and_samples(bundled_assets):

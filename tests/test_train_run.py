@@ -96,6 +96,67 @@ def test_enough_steps_no_warning(folder_dataset, tmp_path):
     assert "1 epoch of 10 steps;" in [line for line in lines if line.startswith("tiny:")][0]
 
 
+def test_fine_tune_batch_is_sized_to_small_data():
+    from train.config import TrainConfig
+    from train.fit import FEW_STEPS, _fit_batches_to_data
+
+    config = TrainConfig.for_model("tiny", init="shipped")  # no --batch-size: the recipe's
+    assert config.batch_size is None
+    for n_train, batch in [(400, 32), (576, 32), (577, 64), (20_000, 64), (100, 8), (54, 8), (5, 5)]:
+        lines = []
+        fitted = _fit_batches_to_data(config, n_train, lines.append)
+        steps = -(-n_train // fitted.batch_size)
+        assert fitted.batch_size == batch, n_train
+        assert not [line for line in lines if line.startswith("warning:")], lines
+        assert steps >= FEW_STEPS or batch <= 8  # 8 is the floor: 54 images make 7 steps
+        assert len(lines) == (batch < 64)  # one line when it departs from the recipe's 64
+    lines = []
+    _fit_batches_to_data(config, 400, lines.append)
+    assert lines == ["batch size 32 for 400 training images: 13 steps per epoch (the recipe's 64 is "
+                     "halved on little data, down to 8; --batch-size sets one)"]
+
+
+def test_a_batch_size_given_keeps_the_warning():
+    from train.config import TrainConfig
+    from train.fit import _fit_batches_to_data
+
+    lines = []
+    config = TrainConfig.for_model("tiny", init="shipped", batch_size=64)
+    fitted = _fit_batches_to_data(config, 400, lines.append)
+    assert fitted.batch_size == 64  # the user's choice stands
+    assert lines == ["warning: only 7 steps per epoch (400 images, batch 64); the schedule has few updates "
+                     "to work with: a smaller --batch-size (e.g. 32) trains better on this little data"]
+    lines.clear()
+    _fit_batches_to_data(config.with_(batch_size=100), 500, lines.append)  # 5 steps; 64 would make 8
+    assert "(e.g. 32)" in lines[0]
+
+
+@pytest.mark.parametrize("args, batch", [((), None), (("--batch-size", "64"), 64)])
+def test_cli_passes_a_given_batch_size_and_leaves_the_recipes_open(args, batch, folder_dataset, tmp_path,
+                                                                   monkeypatch):
+    import train.fit
+    from train.cli import main
+
+    seen = []
+    monkeypatch.setattr(train.fit, "fit", lambda config, **kw: seen.append(config)
+                        or train.fit.FitResult(tmp_path, 0.5, 1, 1.0))
+    r = CliRunner().invoke(main, ["--data", str(folder_dataset), "--init", "shipped", "--out",
+                                  str(tmp_path / "run"), *args])
+    assert r.exit_code == 0, r.output
+    assert [config.batch_size for config in seen] == [batch]
+
+
+def test_fine_tune_batch_trains_and_is_recorded(folder_dataset, tmp_path):
+    # 60 images, 10 held out: the recipe's 64 halves to 8 (7 steps), said once, no warning.
+    _, lines = _fit({"batch_size": None}, tmp_path / "run", folder_dataset)
+    assert not [line for line in lines if line.startswith("warning:")]
+    assert [line for line in lines if line.startswith("batch size")] == [
+        "batch size 8 for 50 training images: 7 steps per epoch (the recipe's 64 is halved on little data, "
+        "down to 8; --batch-size sets one)"]
+    assert "1 epoch of 7 steps;" in [line for line in lines if line.startswith("tiny:")][0]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == 8
+
+
 # -- running twice ----------------------------------------------------------------------------
 
 def test_overwrite_trains_again_and_messages_say_what_to_type(folder_dataset, tmp_path):

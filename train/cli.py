@@ -13,7 +13,7 @@ import click
 from runtime.cli_support import run_cli, traceback_option
 from runtime.errors import OptionError
 
-from .config import FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig
+from .config import AUTO_BATCH_MAX, FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig
 from .models import MODELS, PRECISIONS
 from .progress import plural
 
@@ -23,7 +23,8 @@ _D = TrainConfig()
 def _recipe_note(field: str) -> str:
     special = [f"{model}: {recipe[field]}" for model, recipe in RECIPES.items() if field in recipe]
     if field in FINE_TUNE:
-        special.append(f"with --init: {FINE_TUNE[field]}")
+        value = FINE_TUNE[field]  # None: the batch, sized to the data
+        special.append(f"with --init: {f'up to {AUTO_BATCH_MAX}, fewer on little data' if value is None else value}")
     return f" [default: {getattr(_D, field)}" + (f"; {', '.join(special)}" if special else "") + "]"
 
 
@@ -42,7 +43,7 @@ def _recipe_note(field: str) -> str:
 @click.option("--init", default=None, metavar="shipped|PATH.keras",
               help="Start from a saved model's features: 'shipped' (the bundled default model) or a "
                    ".keras file of the same --model; a new head for your classes, and a fine-tuning "
-                   "schedule (10 epochs, batches of 64, peak learning rate 0.01).")
+                   "schedule (10 epochs, batches of up to 64 sized to the data, peak learning rate 0.01).")
 @click.option("--time", "time_budget", metavar="DURATION", default=None,
               help="Train to a time budget for the whole command, e.g. 90s, 2m, 1h30m: the first steps "
                    "measure this machine, then the epochs, steps and learning-rate curve are planned to "

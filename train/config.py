@@ -27,7 +27,9 @@ class TrainConfig:
     # epochs reach 89.96 +- 0.19% (8 seeds), 100 epochs 90.34% (2); the shipped 100-epoch run
     # 90.47% (docs/training.md, "Seed spread and schedule length").
     epochs: int = 100
-    batch_size: int = 1024  # images per step, summed over replicas
+    # Images per step, summed over replicas. None (the fine-tuning recipe's): sized to the data,
+    # AUTO_BATCH_MAX halved until an epoch has 10 steps, at least 8 (train.fit.batch_for_steps).
+    batch_size: int | None = 1024
     lr: float = 1.5  # peak learning rate (SGD on the mean loss)
     momentum: float = 0.85  # Nesterov momentum
     weight_decay: float = 1.33e-3  # L2 on conv/dense kernels, PyTorch convention (grad += wd * w)
@@ -137,12 +139,14 @@ RECIPES: dict[str, dict] = {
 
 
 # Starting from a saved model's features (--init), typically on a few hundred images a class:
-# batches of 64 (the recipe's 1,024 would be one step an epoch), and a peak rate low enough not
-# to wash the features out. On 900 images of 3 classes, 10 epochs (docs/training.md, "Your own
-# classes"): 0.01 held validation at 86-92% from the second epoch on; 0.03 at 82-91%, for 2-4
-# points less on test; at 0.1 it fell from 91% to 53% in the second epoch and ended at 80%;
-# 0.003 was still climbing at the tenth.
-FINE_TUNE: dict[str, object] = {"epochs": 10, "batch_size": 64, "lr": 0.01, "average_last": 0}
+# batches of at most 64, sized to the data (None; the recipe's 1,024 would be one step an epoch,
+# and a fixed 64 seven steps on 400 images, which the trainer warns about), and a peak rate low
+# enough not to wash the features out. On 900 images of 3 classes, 10 epochs (docs/training.md,
+# "Your own classes"): 0.01 held validation at 86-92% from the second epoch on; 0.03 at 82-91%,
+# for 2-4 points less on test; at 0.1 it fell from 91% to 53% in the second epoch and ended at
+# 80%; 0.003 was still climbing at the tenth.
+FINE_TUNE: dict[str, object] = {"epochs": 10, "batch_size": None, "lr": 0.01, "average_last": 0}
+AUTO_BATCH_MAX = 64  # images per step at most when batch_size is None (577+ training images: 64; 400: 32)
 
 
 # Fields added after runs were already saved, with the value those runs trained with.

@@ -26,7 +26,7 @@ from runtime.errors import CifarEdgeError
 from . import budget, multiworker, runfolder
 from .augment import alternating_flips, augment_epoch
 from .average import average_tail, snapshot_path
-from .config import TrainConfig
+from .config import AUTO_BATCH_MAX, TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
 from .models import (as_float32, build_model, check_init, copy_features, load_keras_model, precision_reason,
                      resolve_precision, save_keras_model)
@@ -37,6 +37,7 @@ from .quiet_import import import_keras
 keras = import_keras()
 
 FEW_STEPS = 10  # an epoch of fewer optimizer steps than this gets a warning
+MIN_AUTO_BATCH = 8  # images: the smallest batch chosen or suggested for an epoch of FEW_STEPS steps
 HEARTBEAT_S = 30.0  # in a log (no progress bar), a line at least this often within an epoch
 SPEED_STEPS = 3  # steps timed after the first (compiled) one before the speed is told
 Log = Callable[[str], None]
@@ -225,8 +226,26 @@ def split_validation(data: ImageDataset, val_images: int | None, seed: int) -> S
     return Split(data.x_train[train], data.y_train[train], data.x_train[val], data.y_train[val])
 
 
+def batch_for_steps(n_train: int, most: int) -> int:
+    """The largest power of two up to ``most`` that makes an epoch of ``n_train`` images at
+    least FEW_STEPS steps, but not below MIN_AUTO_BATCH images, nor above ``n_train``."""
+    batch = 1 << (max(most, 1).bit_length() - 1)  # the power of two at or below ``most``
+    while batch > MIN_AUTO_BATCH and -(-n_train // batch) < FEW_STEPS:
+        batch //= 2
+    return max(1, min(batch, n_train))
+
+
 def _fit_batches_to_data(config: TrainConfig, n_train: int, log: Log) -> TrainConfig:
-    """A batch no larger than one epoch can fill; a warning when an epoch is only a few steps."""
+    """The recipe's batch sized to the data (``batch_size`` None), said in one line when it is
+    smaller than usual; a batch someone chose no larger than one epoch can fill, and a warning
+    when it leaves an epoch only a few steps. config.json records the batch used."""
+    if config.batch_size is None:
+        batch = batch_for_steps(n_train, AUTO_BATCH_MAX)
+        if batch < AUTO_BATCH_MAX:
+            log(f"batch size {batch:,} for {n_train:,} training images: {plural(-(-n_train // batch), 'step')} "
+                f"per epoch (the recipe's {AUTO_BATCH_MAX} is halved on little data, down to {MIN_AUTO_BATCH}; "
+                "--batch-size sets one)")
+        return config.with_(batch_size=batch)
     if config.batch_size > n_train:
         log(f"batch size {config.batch_size:,} is more than the {n_train:,} training images: "
             f"using {n_train:,}")
@@ -235,7 +254,7 @@ def _fit_batches_to_data(config: TrainConfig, n_train: int, log: Log) -> TrainCo
     if steps < FEW_STEPS:
         log(f"warning: only {plural(steps, 'step')} per epoch ({n_train:,} images, batch {config.batch_size:,}); "
             f"the schedule has few updates to work with: a smaller --batch-size (e.g. "
-            f"{max(8, 2 ** int(np.log2(max(n_train // FEW_STEPS, 1))))}) trains better on this little data")
+            f"{batch_for_steps(n_train, config.batch_size)}) trains better on this little data")
     return config
 
 
