@@ -4,7 +4,12 @@ random horizontal flips, pad-and-crop translation and cutout, vectorized over a 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 # Cutout paints this colour: the CIFAR-10 mean, i.e. zero once the model has normalized it.
@@ -51,6 +56,19 @@ def augment_epoch(images: np.ndarray, rng: np.random.Generator, translate: int =
         out[mask] = np.array(CUTOUT_FILL, dtype=out.dtype)
     return out
 
+
+def augmented_epoch(images: np.ndarray, labels: np.ndarray, config: "TrainConfig",
+                    epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch ``epoch``'s (0-based) training data as ``config`` augments it: (images, labels)
+    shuffled, then flipped, translated and cut out. It depends only on (``config.seed``,
+    ``epoch``), so a resumed run, or another trainer, sees the same batches.
+    images: (N, H, W, 3) uint8; labels: (N,) int."""
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(len(images))
+    flip = config.flip
+    if flip and config.alternate_flip:
+        flip = alternating_flips(len(images), config.seed, epoch)[order]
+    return augment_epoch(images[order], rng, config.translate, flip, config.cutout), labels[order]
 
 
 def alternating_flips(n_images: int, seed: int, epoch: int) -> np.ndarray:

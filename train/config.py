@@ -117,6 +117,12 @@ class TrainConfig:
         k = min(self.average_last, self.epochs // 8)
         return k if k >= 2 else 0
 
+    @property
+    def bias_weight_decay(self) -> float:
+        """The L2 on BatchNorm biases: ``weight_decay`` scaled down by ``bias_lr_scale`` (so their
+        decay per step equals the kernels'), or 0 without ``bias_decay``."""
+        return self.weight_decay / self.bias_lr_scale if self.bias_decay else 0.0
+
     def with_(self, **changes) -> "TrainConfig":
         return replace(self, **changes)
 

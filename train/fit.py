@@ -24,7 +24,7 @@ from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError
 
 from . import budget, multiworker, runfolder
-from .augment import alternating_flips, augment_epoch
+from .augment import augment_epoch, augmented_epoch
 from .average import average_tail, snapshot_path
 from .config import AUTO_BATCH_MAX, TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
@@ -292,10 +292,7 @@ def _build_or_load(config: TrainConfig, run_dir: Path, resume: bool, strategy, s
     with scope, _dtype_policy(config.precision):
         if resume:
             return keras.saving.load_model(run_dir / "last.keras", compile=True, safe_mode=True), None
-        model = build_model(config.model, num_classes=n_classes, train_images=split.x_train,
-                            input_size=config.input_size, weight_decay=config.weight_decay,
-                            bias_weight_decay=config.weight_decay / config.bias_lr_scale if config.bias_decay else 0.0,
-                            whiten_bias=config.whiten_bias_epochs > 0)
+        model = build_for_config(config, n_classes, split.x_train)
         init = _copy_init(model, config, log) if config.init is not None else None
         compile_model(model, config, steps_per_epoch)
         return model, init
@@ -509,14 +506,8 @@ def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first
     """One pass over the augmented training split, from ``first_step`` (a resumed epoch) to the
     epoch's last step (a planned run's last epoch may end early), or to ``deadline``.
     Returns (seconds, steps done, loss, train accuracy, whether the deadline ended it)."""
-    # The epoch's data depends only on (seed, epoch): a resumed run sees the same batches.
-    rng = np.random.default_rng([config.seed, epoch])
-    order = rng.permutation(len(split.x_train))
-    flip = config.flip
-    if flip and config.alternate_flip:
-        flip = alternating_flips(len(split.x_train), config.seed, epoch)[order]
-    x_epoch = augment_epoch(split.x_train[order], rng, config.translate, flip, config.cutout)
-    y_epoch = np.eye(int(model.output_shape[-1]), dtype=np.float32)[split.y_train[order]]
+    x_epoch, labels = augmented_epoch(split.x_train, split.y_train, config, epoch)  # the same on resume
+    y_epoch = np.eye(int(model.output_shape[-1]), dtype=np.float32)[labels]
     skip, end = first_step * config.batch_size, config.epoch_steps(epoch, steps_per_epoch) * config.batch_size
     epoch_steps = config.epoch_steps(epoch, steps_per_epoch)
     bar = progress_bar(epoch_steps - first_step, f"epoch {epoch + 1}/{config.epochs}", "step", quiet)
@@ -580,6 +571,14 @@ def _checkpoint(model, run_dir: Path, state: dict) -> None:
 
 
 # --- the pieces the steps use ---------------------------------------------------------------
+
+def build_for_config(config: TrainConfig, n_classes: int, train_images: np.ndarray):
+    """A new ``config.model`` for ``n_classes``, its whitening kernel computed from
+    ``train_images`` ((N, S, S, 3) uint8) and its weight decay as ``config`` says."""
+    return build_model(config.model, num_classes=n_classes, train_images=train_images,
+                       input_size=config.input_size, weight_decay=config.weight_decay,
+                       bias_weight_decay=config.bias_weight_decay, whiten_bias=config.whiten_bias_epochs > 0)
+
 
 def compile_model(model, config: TrainConfig, steps_per_epoch: int) -> None:
     """Compile with the recipe in ``config``: Nesterov SGD on a one-cycle schedule, label smoothing."""
