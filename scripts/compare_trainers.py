@@ -62,7 +62,7 @@ INSTALL = {
     "tf": (("tensorflow", "keras"), 'pip install -e ".[train]"'),
     BF16: (("tensorflow", "keras"), 'pip install -e ".[train]"'),
     "jax": (("jax", "jaxlib", "keras"), "pip install jax jaxlib"),
-    "torch": (("torch",), "pip install torch"),
+    "torch": (("torch",), "pip install torch --index-url https://download.pytorch.org/whl/cpu  (the CPU build)"),
 }
 KERAS_BACKENDS = {"tf": "tensorflow", BF16: "tensorflow", "jax": "jax"}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")

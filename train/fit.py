@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
+from runtime.contract import CIFAR10_CLASSES
 from runtime.errors import CifarEdgeError
 
 from . import budget, multiworker, runfolder
@@ -136,6 +137,10 @@ def _fit_locked(config: TrainConfig, run_dir: Path, data, resume: bool, overwrit
                                  len(dataset.class_names), steps_per_epoch, log)
     if cluster is not None:
         multiworker.share_state(strategy, cluster, model, split, run_dir / "last.keras" if resume else None)
+    if init is not None and config.init == "shipped" and tuple(dataset.class_names) == CIFAR10_CLASSES \
+            and config.val_images != 0:
+        log("note: the shipped model was trained on all of CIFAR-10's training split, these validation images "
+            "included, so validation accuracy reads high; the test split (cifar-export, cifar-eval) it never saw")
     planned = deadline = None
     if config.time_budget is not None and not (resume or state["epoch"]):
         config, planned = _plan_to_budget(model, config, split, steps_per_epoch, started, why, log)
