@@ -91,10 +91,15 @@ def fake_clock(monkeypatch):
     return install
 
 
+END_RESERVE_S = 3.0  # train.fit's, read there without importing TensorFlow at collection
+
+
 def _fit_budget(budget_s, run, data, **kw):
     from train.config import TrainConfig
+    from train.fit import END_RESERVE_S as reserve
     from train.fit import fit
 
+    assert reserve == END_RESERVE_S
     lines = []
     result = fit(TrainConfig(**FAST, time_budget=budget_s), out=run, data=data, quiet=True, log=lines.append,
                  started=0.0, **kw)
@@ -105,13 +110,13 @@ def test_a_budget_is_planned_from_the_timed_steps_and_kept(folder_dataset, tmp_p
     clock = fake_clock(step_s=0.5)
     result, lines, config = _fit_budget(20.0, tmp_path / "run", folder_dataset)
     # 50 training images in batches of 16: 4 steps an epoch. The probe times one pass at most
-    # (the first step, then 3 compiled ones: 2 s). What is left, 20 - 2 - 1 (END_RESERVE_S)
-    # = 17 s, pays for 34 steps of 0.5 s: 9 epochs begun, the last cut to 2 steps.
-    assert config["steps"] == 34 and config["epochs"] == 9
+    # (the first step, then 3 compiled ones: 2 s). What is left, 20 - 2 - 3 (END_RESERVE_S)
+    # = 15 s, pays for 30 steps of 0.5 s: 8 epochs begun, the last cut to 2 steps.
+    assert config["steps"] == 30 and config["epochs"] == 8
     assert any(line.startswith("time budget 20 s:") and "speed: 32 images/s (0.50 s a step of 16)" in line
                for line in lines)
-    assert any(line.startswith("planned: 34 steps (8.50 epochs of 4)") for line in lines)
-    assert result.epochs_done == 9
+    assert any(line.startswith("planned: 30 steps (7.50 epochs of 4)") for line in lines)
+    assert result.epochs_done == 8
     assert clock.now <= 20.0  # the whole run, its timed steps included, inside the budget
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["finished"] and (tmp_path / "run" / "model.keras").is_file()
@@ -122,11 +127,11 @@ def test_a_run_slower_than_planned_ends_at_the_deadline_with_a_model(folder_data
     # Measured at 0.5 s a step, then every step takes 2 s: the plan cannot hold.
     clock = fake_clock(step_s=0.5, later_s=2.0, slow_after=5)
     result, lines, config = _fit_budget(20.0, tmp_path / "run", folder_dataset)
-    assert any(line.startswith("time is up at step") and "of the 34 planned" in line for line in lines)
-    assert clock.now <= 20.0 - 1.0  # it stops at the deadline, keeping END_RESERVE_S
+    assert any(line.startswith("time is up at step") and "of the 30 planned" in line for line in lines)
+    assert clock.now <= 20.0 - END_RESERVE_S  # it stops at the deadline, keeping END_RESERVE_S
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["finished"] and (tmp_path / "run" / "model.keras").is_file()
-    assert result.epochs_done < 9
+    assert result.epochs_done < 8
 
 
 def test_an_unbudgeted_run_tells_its_speed_precision_and_length(folder_dataset, tmp_path, fake_clock):

@@ -18,6 +18,7 @@ from .models import MODELS, PRECISIONS
 from .progress import plural
 
 _D = TrainConfig()
+_STARTED = time.perf_counter()  # about when the command started: the budget of --time counts all of it (train.fit.clock)
 
 
 def _recipe_note(field: str) -> str:
@@ -98,7 +99,6 @@ def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cut
     resumes the run.
     """
 
-    started = time.perf_counter()  # the budget of --time counts the whole command (train.fit.clock)
 
     def body():
         from .budget import parse_duration
@@ -136,7 +136,7 @@ def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cut
                 check_new_run(run_dir, overwrite)
             from .fit import fit
 
-            result = fit(config, out=run_dir, data=data, overwrite=overwrite, quiet=quiet_or_auto, started=started)
+            result = fit(config, out=run_dir, data=data, overwrite=overwrite, quiet=quiet_or_auto, started=_STARTED)
         if result.run_dir is None:
             click.echo(f"done: this worker trained the run to epoch {result.epochs_done} "
                        f"({result.seconds / 60:.1f} min); the chief saved the model in its run folder")
