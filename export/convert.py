@@ -17,6 +17,7 @@ from runtime.atomic import atomic_path
 from runtime.contract import CIFAR10_CLASSES, InputContract
 from runtime.errors import ModelError, OptionError, summary
 from runtime.session import create_session
+from train.config import MIN_INPUT_SIZE  # light: no TensorFlow
 
 from .parity import listed
 
@@ -24,9 +25,6 @@ DEFAULT_OPSET = 17  # onnxruntime >= 1.14 everywhere (Pi, Jetson); tf2onnx's tes
 INPUT_NAME = "image_rgb"
 OUTPUT_NAME = "probabilities"
 BATCH_DIM = "batch"  # symbolic name of the dynamic batch dimension
-
-
-MIN_INPUT_SIZE = 16  # pixels: train.config.MIN_INPUT_SIZE, the smallest input cifar-train builds
 
 
 @dataclass(frozen=True)

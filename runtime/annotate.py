@@ -1,4 +1,6 @@
-"""Predictions drawn onto images with Pillow: annotated copies and a contact sheet."""
+"""Predictions drawn onto images: the one wording of a label and the overlay's colours (used by
+the OpenCV overlay in ``video`` and the Pillow one in ``web.stream`` too), and, with Pillow,
+annotated copies and a contact sheet."""
 
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from .classifier import UNCERTAIN, Prediction
 MIN_SIDE = 256  # px: CIFAR images are 32x32; upscale small ones so the label is readable
 TILE = 128  # px: contact-sheet thumbnail size
 
+# Overlay colours, RGB (OpenCV takes them reversed, as BGR)
+TEXT_RGB = (255, 255, 255)  # a label
+UNCERTAIN_RGB = (255, 200, 0)  # amber: a label below --min-confidence
+STATS_RGB = (200, 200, 200)  # the timing line under a frame's label
+BOX_RGB = (0, 255, 0)  # the classified region of a frame
+BAND_RGB = (0, 0, 0)  # the band behind each line of text
+
 
 @lru_cache(maxsize=8)
 def font(size: int) -> ImageFont.ImageFont:
@@ -22,18 +31,23 @@ def font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def label_text(label: str, confidence: float, uncertain: bool) -> str:
+    """The label as every overlay words it: "cat 87%", or "uncertain (cat 40%)" when the
+    top probability is below --min-confidence."""
+    shown = f"{label} {confidence:.0%}"
+    return f"{UNCERTAIN} ({shown})" if uncertain else shown
+
+
 def caption(prediction: Prediction | None, min_confidence: float = 0.0, error: str | None = None) -> str:
     if prediction is None:
         return "error" if error is None else f"error: {error}"
-    if prediction.confidence < min_confidence:
-        return f"{UNCERTAIN} ({prediction.label} {prediction.confidence:.0%})"
-    return f"{prediction.label} {prediction.confidence:.0%}"
+    return label_text(prediction.label, prediction.confidence, prediction.confidence < min_confidence)
 
 
 def _banner(draw: ImageDraw.ImageDraw, text: str, box: tuple[int, int, int, int], size: int,
-            color=(255, 255, 255)) -> None:
+            color=TEXT_RGB) -> None:
     """White text on a black band filling ``box`` (left, top, right, bottom)."""
-    draw.rectangle(box, fill=(0, 0, 0))
+    draw.rectangle(box, fill=BAND_RGB)
     draw.text((box[0] + size // 4, box[1] + size // 6), text, fill=color, font=font(size))
 
 
@@ -79,7 +93,7 @@ def contact_sheet(items: Sequence[tuple[str, Image.Image | None, Prediction | No
         else:
             draw.rectangle((x + 1, y + 1, x + TILE - 2, y + TILE - 2), fill=(90, 90, 90))
         label = caption(prediction, min_confidence) if image is not None or prediction else "error"
-        color = (255, 120, 120) if prediction is None else (255, 255, 255)
+        color = (255, 120, 120) if prediction is None else TEXT_RGB
         draw.text((x + 3, y + TILE + 2), _fit(name, TILE - 6, text), fill=(190, 190, 190), font=font(text))
         draw.text((x + 3, y + TILE + text + 6), _fit(label, TILE - 6, text), fill=color, font=font(text))
     return sheet

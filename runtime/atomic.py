@@ -28,21 +28,33 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     ``savefig``, onnx's ``save``). ``suffix`` defaults to the target's, since some writers
     choose their format from it.
     """
+    tmp_path = temp_beside(target, suffix)
+    try:
+        yield tmp_path
+        commit(tmp_path, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def temp_beside(target: str | os.PathLike, suffix: str | None = None) -> Path:
+    """A new empty hidden file beside ``target`` (its folder created), with plain permissions,
+    for a writer that finishes later (``VideoSaver``); ``commit`` it or unlink it.
+    ``suffix`` defaults to the target's."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or "".join(target.suffixes)
                                or ".tmp", dir=target.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
-    give_plain_mode(tmp_path)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    give_plain_mode(Path(tmp))
+    return Path(tmp)
+
+
+def commit(tmp: Path, target: str | os.PathLike) -> None:
+    """Flush the finished ``tmp`` to disk, then rename it onto ``target``."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
 
 
 @contextlib.contextmanager

@@ -25,8 +25,9 @@ def log_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probs, np.float64), _TINY, 1.0))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
+def softmax(logits: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """(N, C) logits → (N, C) probabilities, computed in ``dtype`` (the classifier keeps float32)."""
+    z = np.asarray(logits, dtype)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

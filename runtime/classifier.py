@@ -19,6 +19,7 @@ from PIL import Image
 
 from . import preprocess
 from .batching import predict_in_batches
+from .calibration import softmax
 from .errors import CifarEdgeError, ImageError, ModelError
 from .providers import short_name
 from .selfcheck import FAILED, SKIPPED, SelfCheckResult, check_parity_verdict, refusal, run_check
@@ -67,12 +68,6 @@ class FileResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Classifier:
@@ -167,7 +162,7 @@ class Classifier:
         ms = (time.perf_counter() - start) * 1000.0
         out = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
         if self.output_kind == "logits":
-            out = _softmax(out)
+            out = softmax(out, np.float32)  # (N, C) float32, as a model's own Softmax gives
         return out, ms
 
     def infer(self, batch_nhwc: np.ndarray) -> np.ndarray:

@@ -20,7 +20,6 @@ import contextlib
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -30,7 +29,8 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 
-from .atomic import give_plain_mode
+from .annotate import BAND_RGB, BOX_RGB, STATS_RGB, TEXT_RGB, UNCERTAIN_RGB, label_text
+from .atomic import commit, temp_beside
 from .classifier import UNCERTAIN
 from .errors import OptionError, SourceError
 
@@ -264,6 +264,13 @@ class FrameResult:
                 "top_k": self.prediction.to_dict()["top_k"],
                 "infer_ms": round(self.infer_ms, 3), "fps": round(self.fps, 2)}
 
+    def overlay_lines(self) -> list[tuple[str, tuple[int, int, int]]]:
+        """The text drawn on this frame, top to bottom, each line with its RGB colour."""
+        uncertain = self.label == UNCERTAIN
+        return [(label_text(self.prediction.label, self.prediction.confidence, uncertain),
+                 UNCERTAIN_RGB if uncertain else TEXT_RGB),
+                (f"{self.infer_ms:.1f} ms  {self.fps:.1f} fps", STATS_RGB)]
+
 
 def center_square(width: int, height: int) -> tuple[int, int, int, int]:
     side = min(width, height)
@@ -347,15 +354,12 @@ def annotate_frame(frame_bgr: np.ndarray, result: FrameResult) -> np.ndarray:
     thick = max(1, round(scale * 2))
     if result.box is not None:
         x0, y0, x1, y1 = result.box
-        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), thick)
-    color = (0, 200, 255) if result.label == UNCERTAIN else (255, 255, 255)
-    lines = [(f"{result.label} {result.prediction.confidence:.0%}", color),
-             (f"{result.infer_ms:.1f} ms  {result.fps:.1f} fps", (200, 200, 200))]
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), BOX_RGB[::-1], thick)
     y = 0
-    for text, col in lines:
+    for text, rgb in result.overlay_lines():
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        cv2.rectangle(out, (0, y), (tw + 8, y + th + base + 6), (0, 0, 0), -1)
-        cv2.putText(out, text, (4, y + th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, col, thick,
+        cv2.rectangle(out, (0, y), (tw + 8, y + th + base + 6), BAND_RGB[::-1], -1)
+        cv2.putText(out, text, (4, y + th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, rgb[::-1], thick,
                     cv2.LINE_AA)
         y += th + base + 6
     return out
@@ -365,7 +369,8 @@ _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv
 
 
 class VideoSaver:
-    """Write frames to a temporary file beside ``target``; ``close`` renames it into place.
+    """Write frames to a temporary file beside ``target``; ``close`` flushes it and renames
+    it into place (``runtime.atomic``), so ``target`` is never a half-written video.
 
     Closing finalises the container, so a run stopped by Ctrl+C or SIGTERM (which still
     reaches ``close`` through ``finally``) leaves a playable video.
@@ -380,12 +385,7 @@ class VideoSaver:
         self.fps = fps
         self.frames = 0
         self._writer = None
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=suffix,
-                                   dir=self.target.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        give_plain_mode(self._tmp)  # the finished video reads like the annotated images (0644)
+        self._tmp = temp_beside(self.target, suffix)  # 0644, like the annotated images
 
     def write(self, frame_bgr: np.ndarray) -> None:
         cv2 = _cv2()
@@ -407,7 +407,7 @@ class VideoSaver:
             self._writer.release()
             self._writer = None
         if self.frames and self._tmp.exists():
-            os.replace(self._tmp, self.target)
+            commit(self._tmp, self.target)
             return self.target
         self._tmp.unlink(missing_ok=True)
         return None

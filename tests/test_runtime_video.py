@@ -128,6 +128,11 @@ def test_smoothing_and_uncertain(clf):
     assert unsure[0].label == video.UNCERTAIN
     d = unsure[0].to_dict()
     assert d["label"] == "uncertain" and {"infer_ms", "fps", "top_k"} <= set(d)
+    from runtime.annotate import UNCERTAIN_RGB, caption
+
+    text, rgb = unsure[0].overlay_lines()[0]  # the frame's overlay words it as images and the stream do
+    assert (text, rgb) == (caption(unsure[0].prediction, min_confidence=0.9), UNCERTAIN_RGB)
+    assert text.startswith("uncertain (")
 
 
 def test_live_source_reconnects(clf):

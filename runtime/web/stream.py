@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..annotate import font
-from ..classifier import UNCERTAIN
+from ..annotate import BAND_RGB, BOX_RGB, font
 
 if TYPE_CHECKING:
     from ..video import FrameResult
@@ -48,14 +47,11 @@ def render_jpeg(result: "FrameResult", max_side: int, quality: int) -> bytes:
     size = max(12, min(image.size) // 18)  # px: text height relative to the streamed frame
     if result.box is not None:
         x0, y0, x1, y1 = (round(v * scale) for v in result.box)
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 255, 0), width=max(1, size // 8))
-    color = (255, 200, 0) if result.label == UNCERTAIN else (255, 255, 255)
-    lines = [(f"{result.label} {result.prediction.confidence:.0%}", color),
-             (f"{result.infer_ms:.1f} ms  {result.fps:.1f} fps", (200, 200, 200))]
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_RGB, width=max(1, size // 8))
     y = 0
-    for text, fill in lines:
+    for text, fill in result.overlay_lines():
         band = round(size * 1.4)
-        draw.rectangle((0, y, round(font(size).getlength(text)) + size // 2, y + band), fill=(0, 0, 0))
+        draw.rectangle((0, y, round(font(size).getlength(text)) + size // 2, y + band), fill=BAND_RGB)
         draw.text((size // 4, y + size // 6), text, fill=fill, font=font(size))
         y += band
     buffer = io.BytesIO()
