@@ -91,72 +91,93 @@ def fit(config: TrainConfig, out: str | os.PathLike, data: str | os.PathLike | I
     ``out`` by itself, and only the chief writes. ``stop`` is refused there: a worker that stops
     alone leaves the others waiting.
     """
-    run_dir = Path(out)
     cluster = multiworker.read_cluster() if config.distribute == "multiworker" else None
     if cluster is not None and stop is not None:
         raise CifarEdgeError("a stop request cannot end a multi-worker run: a worker that stops alone leaves "
                              "the others waiting")
-    started = clock() if started is None else started
-    with multiworker.lost_workers_as_error(cluster, run_dir):
-        return _fit(config, run_dir, data, resume, overwrite, quiet, log, stop or StopRequest(), list(callbacks),
-                    cluster, started)
+    run = _Run(config, Path(out), log, quiet, stop or StopRequest(), list(callbacks),
+               clock() if started is None else started, cluster)
+    with multiworker.lost_workers_as_error(cluster, run.run_dir):
+        with runfolder.RunLock(run.run_dir) if run.chief else contextlib.nullcontext() as lock:
+            return _fit_locked(run, data, resume, overwrite, lock)
 
 
-def _fit(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None, log: Log,
-         stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None", started: float) -> FitResult:
-    chief = cluster is None or cluster.is_chief
-    with runfolder.RunLock(run_dir) if chief else contextlib.nullcontext() as lock:
-        return _fit_locked(config, run_dir, data, resume, overwrite, quiet, log, stop, callbacks, cluster, lock,
-                           started)
+@dataclass
+class _Run:
+    """One call of ``fit``, handed down whole: what it was asked, then what its steps found
+    (the config as it trains, the state, the data split, the model)."""
+
+    config: TrainConfig
+    run_dir: Path
+    log: Log
+    quiet: bool | None
+    stop: "StopRequest"
+    callbacks: list
+    started: float  # a clock() reading: when config.time_budget began
+    cluster: "multiworker.Cluster | None"
+    state: dict | None = None
+    split: Split | None = None
+    steps_per_epoch: int = 0
+    model: object = None
+    why: str = ""  # why the run trains in its precision
+    speed_note: "_SpeedNote | None" = None
+    deadline: float | None = None  # a budgeted run ends here, finished
+
+    @property
+    def chief(self) -> bool:
+        """Whether this process writes the run folder (the only one, outside a cluster)."""
+        return self.cluster is None or self.cluster.is_chief
 
 
-def _fit_locked(config: TrainConfig, run_dir: Path, data, resume: bool, overwrite: bool, quiet: bool | None,
-                log: Log, stop: "StopRequest", callbacks: list, cluster: "multiworker.Cluster | None",
-                lock: "runfolder.RunLock | None", started: float) -> FitResult:
-    chief = cluster is None or cluster.is_chief
-    why = "as the run was started" if resume else precision_reason(config.precision)
-    config, state, data, resume = _open_run(config, run_dir, data, resume, overwrite, cluster)
-    if resume:
-        why = "as the run was started"
-    strategy = setup_devices(config.distribute)  # a multi-worker strategy must come before any other op
-    if cluster is not None:
-        config, state = multiworker.share_run(strategy, cluster, config, state)
-    dataset = _load_dataset(data, config, run_dir if resume and chief else None, quiet, log)
+def _fit_locked(run: _Run, data, resume: bool, overwrite: bool, lock: "runfolder.RunLock | None") -> FitResult:
+    """``fit``'s steps, in the run folder's lock."""
+    asked = run.config.precision
+    run.config, run.state, data, resume = _open_run(run.config, run.run_dir, data, resume, overwrite, run.cluster)
+    run.why = "as the run was started" if resume else precision_reason(asked)
+    strategy = setup_devices(run.config.distribute)  # a multi-worker strategy must come before any other op
+    if run.cluster is not None:
+        run.config, run.state = multiworker.share_run(strategy, run.cluster, run.config, run.state)
+    dataset = _load_dataset(data, run.config, run.run_dir if resume and run.chief else None, run.quiet, run.log)
+    init = _prepare_model(run, dataset, strategy, resume)
+    fresh = not (resume or run.state["epoch"])
+    if run.config.time_budget is not None and fresh:
+        run.config, planned = _plan_to_budget(run.model, run.config, run.split, run.steps_per_epoch, run.started,
+                                              run.why, run.log)
+        run.deadline = run.started + run.config.time_budget - END_RESERVE_S - planned.finish_s
+    else:  # a planned run has told its speed already; any other tells it after its first steps
+        run.speed_note = _SpeedNote(run.config, run.steps_per_epoch, run.why, run.log)
+    if not fresh:
+        run.log(f"resuming {run.run_dir if run.chief else 'the run of the chief'} at epoch "
+                f"{run.state['epoch'] + 1}/{run.config.epochs}"
+                + (f", step {run.state['step']}" if run.state["step"] else ""))
+    elif run.chief:
+        _start_run_folder(run, dataset, data, overwrite, init, lock)
+    return _train_epochs(run)
+
+
+def _prepare_model(run: _Run, dataset: ImageDataset, strategy, resume: bool) -> dict | None:
+    """Split the data, size the batches to it, and build (or load) the model into ``run``;
+    returns what --init copied, or None."""
+    config, log = run.config, run.log
     split = split_validation(dataset, config.val_images, config.seed)
-    config = _fit_batches_to_data(config, len(split.x_train), log)
+    run.config = config = _fit_batches_to_data(config, len(split.x_train), log)
     if strategy is not None:
         split = _fill_last_batch(split, config.batch_size, strategy.num_replicas_in_sync, log)
-    steps_per_epoch = -(-len(split.x_train) // config.batch_size)  # ceil
-
-    if strategy is not None:
-        log(_distributing(strategy, cluster, config))
+        log(_distributing(strategy, run.cluster, config))
+    run.split, run.steps_per_epoch = split, -(-len(split.x_train) // config.batch_size)  # ceil
     keras.utils.set_random_seed(config.seed)
     # In a cluster every worker builds the model alike (the strategy pairs their variables in the
     # order they are made), then takes the chief's weights: its last.keras when it resumes.
-    model, init = _build_or_load(config, run_dir, resume and cluster is None, strategy, split,
-                                 len(dataset.class_names), steps_per_epoch, log)
-    if cluster is not None:
-        multiworker.share_state(strategy, cluster, model, split, run_dir / "last.keras" if resume else None)
+    run.model, init = _build_or_load(config, run.run_dir, resume and run.cluster is None, strategy, split,
+                                     len(dataset.class_names), run.steps_per_epoch, log)
+    if run.cluster is not None:
+        multiworker.share_state(strategy, run.cluster, run.model, split,
+                                run.run_dir / "last.keras" if resume else None)
     if init is not None and config.init == "shipped" and tuple(dataset.class_names) == CIFAR10_CLASSES \
             and config.val_images != 0:
         log("note: the shipped model was trained on all of CIFAR-10's training split, these validation images "
             "included, so validation accuracy reads high; the test split (cifar-export, cifar-eval) it never saw")
-    planned = deadline = None
-    if config.time_budget is not None and not (resume or state["epoch"]):
-        config, planned = _plan_to_budget(model, config, split, steps_per_epoch, started, why, log)
-        deadline = started + config.time_budget - END_RESERVE_S - planned.finish_s
-    if resume or state["epoch"]:
-        log(f"resuming {run_dir if chief else 'the run of the chief'} at epoch {state['epoch'] + 1}/{config.epochs}"
-            + (f", step {state['step']}" if state["step"] else ""))
-    elif chief:
-        _start_run_folder(run_dir, config, dataset, data, model, split, overwrite, init, lock)
-        log(f"{config.model}: {model.count_params():,} parameters; {len(split.x_train):,} training / "
-            f"{len(split.x_val):,} validation images; {_schedule_words(config, steps_per_epoch)}; "
-            f"{config.precision} ({why})")
-    # A planned run has told its speed already; any other tells it after its first steps.
-    speed_note = None if planned else _SpeedNote(config, steps_per_epoch, why, log)
-    return _train_epochs(model, config, split, run_dir, state, steps_per_epoch, quiet, log, stop, callbacks,
-                         writes=chief, speed_note=speed_note, deadline=deadline)
+    return init
 
 
 def _schedule_words(config: TrainConfig, steps_per_epoch: int) -> str:
@@ -419,118 +440,147 @@ def _copy_init(model, config: TrainConfig, log: Log) -> dict:
             "fresh": fresh}
 
 
-def _start_run_folder(run_dir: Path, config: TrainConfig, dataset: ImageDataset, data, model, split: Split,
-                      overwrite: bool, init: dict | None, lock: "runfolder.RunLock | None" = None) -> None:
-    """Create the run folder (only now, when everything before has worked), lock it, and write
-    config.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _start_run_folder(run: _Run, dataset: ImageDataset, data, overwrite: bool, init: dict | None,
+                      lock: "runfolder.RunLock | None" = None) -> None:
+    """Create the run folder (only now, when everything before has worked), lock it, write
+    config.json, and say what the run is."""
+    config, split, model = run.config, run.split, run.model
+    run.run_dir.mkdir(parents=True, exist_ok=True)
     if lock is not None:
         lock.acquire()
     if overwrite:
-        runfolder.clear_run(run_dir)
+        runfolder.clear_run(run.run_dir)
     meta = {"config": asdict(config), "data": str(data.source) if isinstance(data, ImageDataset) else dataset.source,
             "class_names": list(dataset.class_names), "input_size": config.input_size, "split": dataset.split,
             "init": init, "parameters": int(model.count_params()),
             "train_images": len(split.x_train), "validation_images": len(split.x_val),
             "versions": _versions()}
-    with atomic_write(run_dir / "config.json") as fh:
+    with atomic_write(run.run_dir / "config.json") as fh:
         json.dump(meta, fh, indent=2)
+    run.log(f"{config.model}: {model.count_params():,} parameters; {len(split.x_train):,} training / "
+            f"{len(split.x_val):,} validation images; {_schedule_words(config, run.steps_per_epoch)}; "
+            f"{config.precision} ({run.why})")
 
 
-def _train_epochs(model, config: TrainConfig, split: Split, run_dir: Path, state: dict, steps_per_epoch: int,
-                  quiet: bool | None, log: Log, stop: "StopRequest", callbacks: list, writes: bool = True,
-                  speed_note: "_SpeedNote | None" = None, deadline: float | None = None) -> FitResult:
-    """Train from ``state`` to the last epoch. ``writes``: evaluate each epoch and write the run
-    folder (False: a worker of a cluster other than the chief, which only trains). ``deadline``:
-    a ``clock()`` time at which a budgeted run ends where it is, finished (its plan was too
-    hopeful)."""
-    multiworker_run = config.distribute == "multiworker"
+@dataclass(frozen=True)
+class _Epoch:
+    """What one epoch's training steps did."""
+
+    seconds: float
+    steps: int  # steps done in this call (a resumed epoch starts past its first)
+    loss: float
+    train_acc: float
+    out_of_time: bool  # the deadline of a budgeted run ended it
+
+
+def _train_epochs(run: _Run) -> FitResult:
+    """Train from ``run.state`` to the last epoch. Outside the chief (``run.chief`` False: a
+    worker of a cluster, which only trains) nothing is evaluated or written. A budgeted run
+    (``run.deadline``) whose plan was too hopeful ends at the deadline, finished."""
+    multiworker_run = run.config.distribute == "multiworker"
     # Validation and model.keras use a float32 twin of a mixed-precision model: what is
     # measured here is what gets exported. In a cluster the twin is always a copy outside the
     # strategy, so that the chief evaluates alone, with no collective op for the others to join.
-    model32 = as_float32(model, copy=multiworker_run) if writes else None
-    lookahead = Lookahead(model, config.total_steps(steps_per_epoch)) if config.lookahead else None
-    rows = [r for r in runfolder.read_history(run_dir) if r["epoch"] <= state["epoch"]] if writes else []
+    model32 = as_float32(run.model, copy=multiworker_run) if run.chief else None
+    total = run.config.total_steps(run.steps_per_epoch)
+    lookahead = Lookahead(run.model, total) if run.config.lookahead else None
+    rows = [r for r in runfolder.read_history(run.run_dir) if r["epoch"] <= run.state["epoch"]] if run.chief else []
     t_start = clock()
     # No signal handlers in a cluster: a worker that stopped alone would leave the others waiting.
-    with stop.on_signals() if not multiworker_run else contextlib.nullcontext():
-        for epoch in range(state["epoch"], config.epochs):
-            first_step = state["step"]
-            epoch_steps = config.epoch_steps(epoch, steps_per_epoch)
-            seconds, steps_done, loss, train_acc, out_of_time = _train_one_epoch(
-                model, config, split, epoch, first_step, steps_per_epoch, lookahead, quiet, stop, callbacks, log,
-                speed_note, deadline)
-            steps_now = first_step + steps_done
-            if stop.is_set() and steps_now < epoch_steps:
-                state.update(epoch=epoch, step=steps_now)
-                _checkpoint(model, run_dir, state)
-                raise Interrupted(f"interrupted in epoch {epoch + 1} at step {steps_now}/{steps_per_epoch}; "
-                                  f"checkpoint saved ({run_dir / 'last.keras'}, {run_dir / 'state.json'}; "
-                                  f"the best model so far is {run_dir / 'model.keras'}). "
-                                  f"Resume with: cifar-train --resume {run_dir}")
-            if out_of_time and not stop.is_set() and (steps_now < epoch_steps or epoch + 1 < config.epochs):
-                total = config.total_steps(steps_per_epoch)
-                log(f"time is up at step {epoch * steps_per_epoch + steps_now:,} of the {total:,} planned: "
-                    "the run ends here")
-                config = config.with_(epochs=epoch + 1, steps=epoch * steps_per_epoch + steps_now, average_last=0)
-            if lookahead is not None and epoch + 1 == config.epochs:
+    with run.stop.on_signals() if not multiworker_run else contextlib.nullcontext():
+        for epoch in range(run.state["epoch"], run.config.epochs):
+            first_step = run.state["step"]
+            trained = _train_one_epoch(run, epoch, first_step, lookahead)
+            steps_now = first_step + trained.steps
+            epoch_steps = run.config.epoch_steps(epoch, run.steps_per_epoch)
+            if run.stop.is_set() and steps_now < epoch_steps:
+                _stop_inside_epoch(run, epoch, steps_now)
+            if trained.out_of_time and not run.stop.is_set() and (steps_now < epoch_steps
+                                                                 or epoch + 1 < run.config.epochs):
+                run.log(f"time is up at step {epoch * run.steps_per_epoch + steps_now:,} of the {total:,} "
+                        "planned: the run ends here")
+                run.config = run.config.with_(epochs=epoch + 1, steps=epoch * run.steps_per_epoch + steps_now,
+                                              average_last=0)
+            if lookahead is not None and epoch + 1 == run.config.epochs:
                 lookahead.finish()  # the model ends as the average, as in airbench
-            trained = f"epoch {epoch + 1:>3}/{config.epochs}  loss {loss:.4f}  train acc {100 * train_acc:5.2f}%  "
             if model32 is None:  # not the chief: it only trains
-                state.update(epoch=epoch + 1)
-                log(f"{trained}{seconds:6.1f}s (the chief evaluates and saves)")
+                run.state.update(epoch=epoch + 1)
+                run.log(f"{_trained_words(run, epoch, trained)}{trained.seconds:6.1f}s (the chief evaluates and saves)")
                 continue
-            if model32 is not model:
-                model32.set_weights(model.get_weights())
-            last_epoch = epoch + 1 == config.epochs
-            if epoch + 1 > config.epochs - max(config.snapshots, config.averaged_epochs):
-                with atomic_path(snapshot_path(run_dir, epoch + 1)) as tmp:
-                    model32.save_weights(tmp)
-            averaged = _tail_average(model32, config, run_dir) if last_epoch else None
-            final = averaged or model32
-            val_loss, val_acc = evaluate(final, split.x_val, split.y_val)
-            images = min(len(split.x_train), steps_now * config.batch_size) - first_step * config.batch_size
-            row = {"epoch": epoch + 1, "lr": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-                   "loss": loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                   "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1)}
-            rows.append(row)
-            improved = _save_epoch(model, final, run_dir, state, rows, last_epoch, keep=averaged is not None)
-            log(f"{trained}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%{' *' if improved else '  '}  "
-                f"{seconds:6.1f}s  {row['images_per_s']:.0f} img/s"
-                + (f"  (the mean of the last {plural(config.averaged_epochs, 'epoch')})" if averaged else ""))
-            if last_epoch:
-                break  # a budgeted run whose time is up ends before its planned epochs
-            if stop.is_set():
-                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved ({run_dir / 'last.keras'}; "
-                                  f"the best model so far is {run_dir / 'model.keras'}). "
-                                  f"Resume with: cifar-train --resume {run_dir}")
-    return FitResult(run_dir if writes else None, state["best_val_acc"], state["epoch"], clock() - t_start)
+            if _finish_epoch(run, model32, rows, epoch, first_step, steps_now, trained):
+                break  # the last epoch (a budgeted run whose time is up ends before its planned ones)
+            if run.stop.is_set():
+                raise Interrupted(f"interrupted after epoch {epoch + 1}; checkpoint saved "
+                                  f"({run.run_dir / 'last.keras'}; the best model so far is "
+                                  f"{run.run_dir / 'model.keras'}). Resume with: cifar-train --resume {run.run_dir}")
+    return FitResult(run.run_dir if run.chief else None, run.state["best_val_acc"], run.state["epoch"],
+                     clock() - t_start)
 
 
-def _train_one_epoch(model, config: TrainConfig, split: Split, epoch: int, first_step: int, steps_per_epoch: int,
-                     lookahead: "Lookahead | None", quiet: bool | None, stop: "StopRequest", callbacks: list,
-                     log: Log = _stderr, speed_note: "_SpeedNote | None" = None, deadline: float | None = None):
+def _trained_words(run: _Run, epoch: int, trained: _Epoch) -> str:
+    return (f"epoch {epoch + 1:>3}/{run.config.epochs}  loss {trained.loss:.4f}  "
+            f"train acc {100 * trained.train_acc:5.2f}%  ")
+
+
+def _stop_inside_epoch(run: _Run, epoch: int, steps_now: int) -> None:
+    """A stop asked for inside an epoch: checkpoint that step and raise Interrupted."""
+    run.state.update(epoch=epoch, step=steps_now)
+    _checkpoint(run.model, run.run_dir, run.state)
+    raise Interrupted(f"interrupted in epoch {epoch + 1} at step {steps_now}/{run.steps_per_epoch}; "
+                      f"checkpoint saved ({run.run_dir / 'last.keras'}, {run.run_dir / 'state.json'}; "
+                      f"the best model so far is {run.run_dir / 'model.keras'}). "
+                      f"Resume with: cifar-train --resume {run.run_dir}")
+
+
+def _finish_epoch(run: _Run, model32, rows: list[dict], epoch: int, first_step: int, steps_now: int,
+                  trained: _Epoch) -> bool:
+    """Evaluate the epoch's model (the tail average after the last epoch), save it, log it.
+    Returns whether this was the run's last epoch."""
+    config, run_dir = run.config, run.run_dir
+    if model32 is not run.model:
+        model32.set_weights(run.model.get_weights())
+    last_epoch = epoch + 1 == config.epochs
+    if epoch + 1 > config.epochs - max(config.snapshots, config.averaged_epochs):
+        with atomic_path(snapshot_path(run_dir, epoch + 1)) as tmp:
+            model32.save_weights(tmp)
+    averaged = _tail_average(model32, config, run_dir) if last_epoch else None
+    final = averaged or model32
+    val_loss, val_acc = evaluate(final, run.split.x_val, run.split.y_val)
+    images = min(len(run.split.x_train), steps_now * config.batch_size) - first_step * config.batch_size
+    row = {"epoch": epoch + 1, "lr": float(keras.ops.convert_to_numpy(run.model.optimizer.learning_rate)),
+           "loss": trained.loss, "train_acc": trained.train_acc, "val_loss": val_loss, "val_acc": val_acc,
+           "seconds": round(trained.seconds, 2), "images_per_s": round(images / trained.seconds, 1)}
+    rows.append(row)
+    improved = _save_epoch(run.model, final, run_dir, run.state, rows, last_epoch, keep=averaged is not None)
+    run.log(f"{_trained_words(run, epoch, trained)}val loss {val_loss:.4f}  val acc {100 * val_acc:5.2f}%"
+            f"{' *' if improved else '  '}  {trained.seconds:6.1f}s  {row['images_per_s']:.0f} img/s"
+            + (f"  (the mean of the last {plural(config.averaged_epochs, 'epoch')})" if averaged else ""))
+    return last_epoch
+
+
+def _train_one_epoch(run: _Run, epoch: int, first_step: int, lookahead: "Lookahead | None") -> _Epoch:
     """One pass over the augmented training split, from ``first_step`` (a resumed epoch) to the
-    epoch's last step (a planned run's last epoch may end early), or to ``deadline``.
-    Returns (seconds, steps done, loss, train accuracy, whether the deadline ended it)."""
-    x_epoch, labels = augmented_epoch(split.x_train, split.y_train, config, epoch)  # the same on resume
-    y_epoch = np.eye(int(model.output_shape[-1]), dtype=np.float32)[labels]
-    skip, end = first_step * config.batch_size, config.epoch_steps(epoch, steps_per_epoch) * config.batch_size
-    epoch_steps = config.epoch_steps(epoch, steps_per_epoch)
-    bar = progress_bar(epoch_steps - first_step, f"epoch {epoch + 1}/{config.epochs}", "step", quiet)
-    steps_left = config.total_steps(steps_per_epoch) - epoch * steps_per_epoch - first_step
-    step_callback = StepCallback(stop, lookahead, epoch * steps_per_epoch + first_step, bar, config.batch_size,
-                                 heartbeat=_Heartbeat(f"epoch {epoch + 1}/{config.epochs}", first_step, epoch_steps,
-                                                      log) if bar.disable else None,
-                                 speed_note=speed_note, steps_left=steps_left, deadline=deadline)
+    epoch's last step (a planned run's last epoch may end early), or to ``run.deadline``."""
+    config, spe = run.config, run.steps_per_epoch
+    x_epoch, labels = augmented_epoch(run.split.x_train, run.split.y_train, config, epoch)  # the same on resume
+    y_epoch = np.eye(int(run.model.output_shape[-1]), dtype=np.float32)[labels]
+    epoch_steps = config.epoch_steps(epoch, spe)
+    skip, end = first_step * config.batch_size, epoch_steps * config.batch_size
+    name = f"epoch {epoch + 1}/{config.epochs}"
+    bar = progress_bar(epoch_steps - first_step, name, "step", run.quiet)
+    step_callback = StepCallback(run.stop, lookahead, epoch * spe + first_step, bar, config.batch_size,
+                                 heartbeat=_Heartbeat(name, first_step, epoch_steps, run.log) if bar.disable else None,
+                                 speed_note=run.speed_note,
+                                 steps_left=config.total_steps(spe) - epoch * spe - first_step,
+                                 deadline=run.deadline)
     t0 = clock()
     try:
-        hist = model.fit(x_epoch[skip:end], y_epoch[skip:end], batch_size=config.batch_size, epochs=1,
-                         shuffle=False, verbose=0, callbacks=[*callbacks, step_callback])
+        hist = run.model.fit(x_epoch[skip:end], y_epoch[skip:end], batch_size=config.batch_size, epochs=1,
+                             shuffle=False, verbose=0, callbacks=[*run.callbacks, step_callback])
     finally:
         bar.close()
-    return (clock() - t0, step_callback.steps_done, float(hist.history["loss"][-1]), float(hist.history["acc"][-1]),
-            step_callback.out_of_time)
+    return _Epoch(clock() - t0, step_callback.steps_done, float(hist.history["loss"][-1]),
+                  float(hist.history["acc"][-1]), step_callback.out_of_time)
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
