@@ -20,7 +20,7 @@ from runtime.atomic import atomic_write
 from runtime.batching import predict_in_batches
 from runtime.calibration import softmax
 from runtime.contract import KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS, calibration_of, variant_label
-from runtime.errors import DataError, ModelError, ThresholdError
+from runtime.errors import DataError, ModelError, ThresholdError, listed
 from runtime.session import create_session
 
 BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
@@ -95,12 +95,6 @@ def check_classes(data: ParityData, class_names: tuple[str, ...]) -> None:
                     f"{listed(class_names)}{order}, so accuracy would count the wrong labels: pass --classes "
                     "with the model's output names in output order, and --data the dataset it was trained on "
                     "(its class folders in that order)")
-
-
-def listed(names, most: int = 10) -> str:
-    """``(a, b, c)``, or the first ``most`` and how many in all: names fit for one line."""
-    shown = ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
-    return f"({shown})"
 
 
 def synthetic_inputs(n_random: int = N_RANDOM, n_patterned: int = N_PATTERNED, seed: int = 0,

@@ -18,46 +18,18 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
 from . import bundled, errors, inputs, preprocess
-from .bench_report import APIS, STAGES, BenchReport, BenchResult, CameraResult, Machine, Timing
+from .bench_report import APIS, STAGES, BenchConfig, BenchReport, BenchResult, CameraResult, Machine, Timing
 from .errors import CifarEdgeError, DataError, ModelError, OptionError
 
 CHILD_GRACE_S = 120.0  # s a child may run past --max-seconds (imports, a slow Pi) before it is killed
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # on the child's path, installed or not
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """The settings of one benchmark, the same for every model."""
-
-    provider: str = "auto"  # onnxruntime execution provider, as cifar-run --provider takes it
-    threads: int = 0  # intra-op threads; 0 = onnxruntime's default (one per core)
-    batches: tuple[int, ...] = (1, 32)  # images per call: latency at the smallest, throughput at the largest
-    runs: int = 100  # timed calls per measurement
-    warmup: int = 5  # untimed calls before each measurement: the first calls allocate buffers
-    max_seconds: float = 60.0  # s of wall clock per model; what has not started by then is skipped
-    data: str | None = None  # a folder with test/<class>/*.jpg: accuracy on that split
-    camera: str | None = None  # a camera or video source, as cifar-run --camera takes it
-    frames: int = 100  # frames of the camera loop
-
-    def __post_init__(self):
-        object.__setattr__(self, "batches", tuple(sorted(set(self.batches))))
-        for name, ok in (("batches", self.batches and min(self.batches) >= 1),
-                         ("runs", self.runs >= 1), ("warmup", self.warmup >= 0),
-                         ("max_seconds", self.max_seconds > 0), ("frames", self.frames >= 1),
-                         ("threads", self.threads >= 0)):
-            if not ok:
-                raise OptionError(f"{name} = {getattr(self, name)!r} is out of range")
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "BenchConfig":
-        return cls(**{**raw, "batches": tuple(raw["batches"])})
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

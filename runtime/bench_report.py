@@ -1,4 +1,5 @@
-"""What a benchmark found (``runtime.bench`` measures), as a human table, Markdown or JSON.
+"""What a benchmark was asked (``BenchConfig``) and found (``runtime.bench`` measures), as a human
+table, Markdown or JSON.
 
 One column list serves the table and the Markdown alike, so the two never disagree.
 """
@@ -9,16 +10,42 @@ import json
 import platform
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from .cpu import CpuInfo, cpu_features
-
-if TYPE_CHECKING:
-    from .bench import BenchConfig
+from .errors import OptionError
 
 APIS = ("classifier", "onnxruntime")  # through Classifier (what a program gets); session.run alone
 STAGES = ("capture", "preprocess", "inference", "overlay", "encode")  # of one camera frame
 DASH = "—"  # a figure that was not measured
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The settings of one benchmark, the same for every model."""
+
+    provider: str = "auto"  # onnxruntime execution provider, as cifar-run --provider takes it
+    threads: int = 0  # intra-op threads; 0 = onnxruntime's default (one per core)
+    batches: tuple[int, ...] = (1, 32)  # images per call: latency at the smallest, throughput at the largest
+    runs: int = 100  # timed calls per measurement
+    warmup: int = 5  # untimed calls before each measurement: the first calls allocate buffers
+    max_seconds: float = 60.0  # s of wall clock per model; what has not started by then is skipped
+    data: str | None = None  # a folder with test/<class>/*.jpg: accuracy on that split
+    camera: str | None = None  # a camera or video source, as cifar-run --camera takes it
+    frames: int = 100  # frames of the camera loop
+
+    def __post_init__(self):
+        object.__setattr__(self, "batches", tuple(sorted(set(self.batches))))
+        for name, ok in (("batches", self.batches and min(self.batches) >= 1),
+                         ("runs", self.runs >= 1), ("warmup", self.warmup >= 0),
+                         ("max_seconds", self.max_seconds > 0), ("frames", self.frames >= 1),
+                         ("threads", self.threads >= 0)):
+            if not ok:
+                raise OptionError(f"{name} = {getattr(self, name)!r} is out of range")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "BenchConfig":
+        return cls(**{**raw, "batches": tuple(raw["batches"])})
 
 
 @dataclass(frozen=True)
@@ -258,7 +285,7 @@ def _render(columns: list[Column], results, markdown: bool) -> list[str]:
 @dataclass(frozen=True)
 class BenchReport:
     machine: Machine
-    config: "BenchConfig"
+    config: BenchConfig
     results: tuple[BenchResult, ...]
     created: str = ""  # local date and time of the run
 

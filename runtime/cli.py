@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING
 import click
 
 from . import bundled
-from .cli_support import SignalStop, run_cli, traceback_option, trust_options
+from .cli_support import SignalStop, auth_options, load_classifier, run_cli, traceback_option, trust_options
 from .errors import ExitCode, OptionError, SourceError
 from .providers import PROVIDER_HELP
-from .serve_cli import auth_options
 
 if TYPE_CHECKING:
     from .web import ServeConfig
@@ -38,12 +37,6 @@ SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def _note(message: str) -> None:
     click.echo(f"{PROG}: {message}", err=True)
-
-
-def _load_classifier(model: str | None, provider: str, threads: int, top_k: int, no_verify: bool = False,
-                     allow_failed: bool = False, note=None):
-    return bundled.load_classifier(model, provider=provider, threads=threads, top_k=top_k, verify=not no_verify,
-                                   allow_failed=allow_failed, note=note or _note)
 
 
 @dataclass(frozen=True)
@@ -362,7 +355,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                 from .web import ServeConfig
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
-            clf = _load_classifier(model, provider, threads, top_k, no_verify, allow_failed)
+            clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
             return run_camera(clf, camera, CameraOptions(
                 save=Path(save) if save else None, headless=headless, fmt=fmt, full_frame=full_frame,
                 smooth=smooth, min_confidence=min_confidence, reconnect=reconnect, max_frames=max_frames,
@@ -379,7 +372,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
         paths = list(expand_sources(sources)) if sources else [str(p) for p in bundled.sample_images()]
         if not paths:
             raise SourceError("no input paths (stdin was empty)")
-        clf = _load_classifier(model, provider, threads, top_k, no_verify, allow_failed)
+        clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
         _note(clf.describe())  # after every check, so that an error stays one line
         if not sources:
             _note(f"no SOURCES given: classifying the {len(paths)} sample images bundled with "

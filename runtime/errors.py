@@ -80,3 +80,9 @@ def summary(exc: BaseException, limit: int = 300) -> str:
     if len(line) > limit:
         line = line[:limit].rsplit(" ", 1)[0] + " [...]"
     return line
+
+
+def listed(names, most: int = 10) -> str:
+    """``(a, b, c)``, or the first ``most`` and how many in all: names fit for one line."""
+    shown = ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+    return f"({shown})"

@@ -22,15 +22,12 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, Protocol
 
 import numpy as np
 
-from .contract import KEY_PARITY, KEY_SELF_CHECK
+from .contract import KEY_PARITY, KEY_SELF_CHECK, InputContract, ModelMetadata
 from .errors import ModelError
-
-if TYPE_CHECKING:
-    from .classifier import Classifier
 
 FORMAT = 1
 MAX_IMAGES = 8  # one batch: enough to catch a wrong kernel, cheap enough to run at every load
@@ -168,7 +165,21 @@ def read_vectors(meta: Mapping[str, str], source: str) -> SelfCheckVectors | Non
     return None if text in (None, "", "null") else SelfCheckVectors.from_json(text, source)
 
 
-def run_check(clf: "Classifier") -> SelfCheckResult:
+class Checked(Protocol):
+    """What the checks read of the model they check: a ``runtime.Classifier``, named by what
+    it has rather than imported, since the classifier is the module that calls them."""
+
+    model_path: Path
+    metadata: ModelMetadata
+    contract: InputContract
+    class_names: tuple[str, ...]
+    provider: str  # short name: "cpu", "cuda", ...
+    variant: str  # "int8", "fp32+flip", ...
+
+    def run(self, prepared_hwc: list[np.ndarray]) -> tuple[np.ndarray, float]: ...
+
+
+def run_check(clf: Checked) -> SelfCheckResult:
     """Run the file's self-check vectors through ``clf`` (its session, its provider)."""
     vectors = read_vectors(clf.metadata.raw, str(clf.model_path))
     if vectors is None:
@@ -218,7 +229,7 @@ def fp32_sibling(path: Path) -> Path | None:
     return sibling if sibling != path and sibling.is_file() else None
 
 
-def refusal(clf: "Classifier", result: SelfCheckResult) -> SelfCheckError:
+def refusal(clf: Checked, result: SelfCheckResult) -> SelfCheckError:
     """The one-line refusal for a failed check: what differs, on which CPU, and the fix."""
     import onnxruntime
 
@@ -249,7 +260,7 @@ def parity_failures(meta: Mapping[str, str]) -> list[str] | None:
     return [str(f) for f in parity.get("failures") or []] or ["a parity threshold"]
 
 
-def check_parity_verdict(clf: "Classifier") -> None:
+def check_parity_verdict(clf: Checked) -> None:
     """Raise FailedParityError when the file says its export failed parity."""
     failures = parity_failures(clf.metadata.raw)
     if failures:

@@ -14,25 +14,11 @@ from __future__ import annotations
 
 import click
 
-from .cli_support import SignalStop, run_cli, traceback_option, trust_options
+from .cli_support import SignalStop, auth_options, load_classifier, run_cli, traceback_option, trust_options
 from .errors import ExitCode
 from .providers import PROVIDER_HELP
-from .web.config import MIN_TOKEN_LENGTH
 
 PROG = "cifar-serve"
-TOKEN_ENV = "CIFAR_EDGE_TOKEN"
-
-
-def auth_options(f):
-    """--token and --no-auth, shared by cifar-serve and cifar-run --serve."""
-    f = click.option("--no-auth", is_flag=True,
-                     help="Serve a network address without a token (anyone who can reach it "
-                          "may use it; a warning is printed).")(f)
-    return click.option("--token", envvar=TOKEN_ENV, metavar="TOKEN",
-                        help="The token clients must give on a network address, at least "
-                             f"{MIN_TOKEN_LENGTH} printable characters [default: one is generated and "
-                             f"printed; also read from ${TOKEN_ENV}]. On 127.0.0.1 none is needed "
-                             "unless given.")(f)
 
 
 def serve_until_signalled(server, note) -> int:
@@ -70,11 +56,10 @@ def main(model, host, port, token, no_auth, provider, threads, top_k, no_verify,
         click.echo(f"{PROG}: {message}", err=True)
 
     def body() -> int:
-        from .cli import _load_classifier
         from .web import ServeConfig, WebServer
 
         config = ServeConfig(host=host, port=port, token=token, auth=not no_auth)
-        clf = _load_classifier(model, provider, threads, top_k, no_verify, allow_failed, note)
+        clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, note)
         note(clf.describe())
         return serve_until_signalled(WebServer(clf, config, log=note), note)
 

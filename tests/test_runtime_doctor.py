@@ -11,12 +11,14 @@ import sys
 from types import SimpleNamespace
 
 from click.testing import CliRunner
+from PIL import Image
 
 from runtime import doctor
 from runtime.cpu import CpuInfo, cpu_features
 from runtime.doctor import NOTE, OK, PROBLEM, Board, Check
 from runtime.doctor_cli import main
 from runtime.providers import JETSON_INDEX
+from runtime_models import solid
 
 LAPTOP = Board("Debian GNU/Linux 12 (bookworm)", None, None)
 PI4 = Board("Debian GNU/Linux 12 (bookworm)", "Raspberry Pi 4 Model B Rev 1.4", None)
@@ -248,11 +250,47 @@ def test_disk(tmp_path, monkeypatch):
 
 # -- the model: the verdict -------------------------------------------------------------------
 
-def test_model_classifies_a_sample(bundled_assets):
+def colour_sample(tmp_path, monkeypatch, tiny_model, rgb) -> None:
+    """The tiny FP32 colour classifier as the bundled ``model.onnx``, and one sample image,
+    ``cat.png``, of one colour: the model calls yellow "cat" and red "airplane", so the
+    verdict on it is known."""
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(tiny_model, assets / "model.onnx")
+    monkeypatch.setenv("CIFAR_EDGE_ASSETS", str(assets))
+    sample = tmp_path / "cat.png"
+    Image.fromarray(solid(rgb, (32, 32))).save(sample)
+    monkeypatch.setattr(doctor.bundled, "sample_images", lambda: [sample])
+
+
+def test_model_classifies_a_sample(tmp_path, monkeypatch, tiny_model):
+    colour_sample(tmp_path, monkeypatch, tiny_model, (255, 255, 0))  # yellow: "cat"
     check = doctor.check_model(runs=3)
-    assert check.status in (OK, NOTE)  # the placeholder model tells colours, not cats
-    assert check.detail.startswith("model-int8.onnx (fp32) on cpu: cat.jpg -> ")
+    assert check.status == OK and check.fix == ""
+    assert check.detail.startswith("model.onnx (fp32) on cpu: cat.png -> cat ") and "(right)" in check.detail
     assert "ms per image (p50 of 3 Classifier.predict calls" in check.detail
+
+
+def test_a_wrong_label_is_a_note(tmp_path, monkeypatch, tiny_model):
+    colour_sample(tmp_path, monkeypatch, tiny_model, (255, 0, 0))  # red: "airplane"
+    check = doctor.check_model(runs=1)
+    assert check.status == NOTE and "cat.png -> airplane " in check.detail and "(expected cat)" in check.detail
+    assert check.fix.startswith("cifar-run shows all ten samples")
+    assert doctor.exit_code([check]) == 0  # it classified: the runtime works
+
+
+def test_a_fallback_to_another_model_is_a_note(tmp_path, monkeypatch, tiny_model):
+    colour_sample(tmp_path, monkeypatch, tiny_model, (255, 255, 0))
+    load = doctor.bundled.load_classifier
+
+    def load_with_a_note(model=None, *, note, **kwargs):
+        note("the bundled model-int8.onnx failed its self-check on this CPU")
+        return load(model, note=note, **kwargs)
+
+    monkeypatch.setattr(doctor.bundled, "load_classifier", load_with_a_note)
+    check = doctor.check_model(runs=1)
+    assert check.status == NOTE and "(right)" in check.detail
+    assert check.detail.endswith("; the bundled model-int8.onnx failed its self-check on this CPU")
 
 
 def test_no_bundled_model_is_the_failure_with_its_fix(tmp_path, monkeypatch):
@@ -299,13 +337,20 @@ def test_without_opencv_and_picamera2(bundled_assets, monkeypatch):
     assert doctor.exit_code(list(checks.values())) == 0
 
 
-def test_json_is_one_object(bundled_assets):
+def test_json_is_one_object(tmp_path, monkeypatch, tiny_model):
+    colour_sample(tmp_path, monkeypatch, tiny_model, (255, 255, 0))
+    monkeypatch.setattr(doctor, "cpu_features", lambda: cpu_features(PI4_CPUINFO, "aarch64"))
     result = run("--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report) == {"version", "exit_code", "summary", "checks"} and report["exit_code"] == 0
     assert all(set(c) == {"name", "status", "detail", "fix"} for c in report["checks"])
-    assert all(c["status"] in (OK, NOTE, PROBLEM) for c in report["checks"])
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["cpu"]["status"] == NOTE and "INT8 unlikely" in checks["cpu"]["detail"]  # a Pi 4's CPU
+    assert checks["model"]["status"] == OK and "cat.png -> cat " in checks["model"]["detail"]
+    counts = {s: sum(c["status"] == s for c in report["checks"]) for s in (PROBLEM, NOTE)}
+    assert report["summary"] == (f"{counts[PROBLEM]} problem(s), {counts[NOTE]} note(s); the runtime works: "
+                                 "the model classified a sample image")
     assert all(c["fix"] for c in report["checks"] if c["status"] == PROBLEM)
 
 

@@ -1,0 +1,149 @@
+"""The shape of the code, read from the source with ``ast`` (nothing is imported).
+
+Import cycles: no module of ``runtime``, ``export`` or ``train`` takes part in a cycle of
+intra-project imports. Every import statement counts wherever it is written: at the top,
+inside a function (a lazy import) or under ``if TYPE_CHECKING:``, because a cycle through
+a lazy import is still two modules that each need the other.
+
+How an import becomes an edge of the graph (module names are dotted, a package's
+``__init__.py`` is the package's own name):
+
+- ``import runtime.errors`` and ``from runtime.errors import X``: an edge to ``runtime.errors``
+  (to the longest prefix that is one of our modules).
+- ``from runtime import errors``: an edge to ``runtime.errors`` when ``runtime/errors.py`` (or
+  ``runtime/errors/__init__.py``) exists, since a name that is a submodule is an import of the
+  submodule; ``from runtime import InputContract`` is an edge to ``runtime`` (its ``__init__``).
+- Relative imports resolve the same way from the importing module's package:
+  ``from . import server`` in ``runtime/web/__init__.py`` is ``runtime.web.server``,
+  ``from ..errors import X`` in ``runtime/web/auth.py`` is ``runtime.errors``.
+- Python also runs the parents' ``__init__`` on the way to a submodule; those implicit loads are
+  not edges, or every package that re-exports its children would be a cycle with each of them.
+- ``importlib.import_module`` with a computed name (``runtime/__init__``'s lazy names) is not
+  seen; keep such imports to modules that import nothing back.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("runtime", "export", "train")
+
+
+def project_modules() -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the packages."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _known_prefix(name: str, modules: dict[str, Path]) -> str | None:
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def _imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                targets.add(_known_prefix(alias.name, modules))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                targets.add(submodule if submodule in modules else _known_prefix(base, modules))
+    targets.discard(None)
+    targets.discard(module)
+    return targets
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: _imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle path per strongly connected component of more than one module (Tarjan)."""
+    index, low, on_stack, stack, components = {}, {}, set(), [], []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_cycle_through(min(component), graph, component) for component in components]
+
+
+def _cycle_through(start: str, graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    # Breadth-first from start back to start inside the component: the shortest cycle through it.
+    previous = {start: None}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for nxt in sorted(graph[node] & component):
+                if nxt == start:
+                    path = [node]
+                    while previous[path[-1]] is not None:
+                        path.append(previous[path[-1]])
+                    return path[::-1] + [start]
+                if nxt not in previous:
+                    previous[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    raise AssertionError(f"no cycle through {start}")  # a component always has one
+
+
+def test_the_graph_sees_lazy_relative_and_type_checking_imports():
+    graph = import_graph()
+    assert "runtime.errors" in graph["runtime"]  # from .errors import CifarEdgeError
+    assert "runtime.web.server" in graph["runtime.web"]  # from . import server, inside __getattr__
+    assert "train.fit" in graph["train"]  # from .fit import fit, inside a function
+    assert not any(target.split(".")[0] not in PACKAGES for targets in graph.values() for target in targets)
+
+
+def test_the_cycle_finder_reports_a_path():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(cycle) for cycle in cycles)
