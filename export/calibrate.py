@@ -7,7 +7,7 @@ one output, so every runtime gets them with no code change:
 - ``add_flip_view``: the input batch is classified together with its mirror image in one run
   (concatenated on the batch axis) and the two views' logits are averaged before the Softmax.
 
-The temperature is fitted (``runtime.calibration.fit_temperature``) on held-out *training*
+The temperature is fitted (``runtime.model.confidence.fit_temperature``) on held-out *training*
 images, never the test split: ``held_out_training_images`` finds the ones the model's run
 folder kept back.
 """
@@ -165,7 +165,7 @@ def add_flip_view(model_proto):
 def mirror_average(probs: np.ndarray, probs_mirror: np.ndarray) -> np.ndarray:
     """What ``add_flip_view`` computes, from a model's probabilities on the images and on their
     mirrors: the softmax of the mean of the two views' logits (log p up to a constant)."""
-    from runtime.calibration import log_probabilities, softmax
+    from runtime.model.confidence import log_probabilities, softmax
 
     return softmax(0.5 * (log_probabilities(probs) + log_probabilities(probs_mirror))).astype(np.float32)
 

@@ -14,9 +14,9 @@ from typing import Mapping
 import numpy as np
 
 from runtime.atomic import atomic_path
-from runtime.contract import CIFAR10_CLASSES, InputContract
 from runtime.errors import ModelError, OptionError, listed, summary
-from runtime.session import create_session
+from runtime.model.contract import CIFAR10_CLASSES, InputContract
+from runtime.model.session import create_session
 from train.config import MIN_INPUT_SIZE  # light: no TensorFlow
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 everywhere (Pi, Jetson); tf2onnx's tested default

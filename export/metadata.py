@@ -1,6 +1,6 @@
 """The self-description written into every exported ONNX file.
 
-The keys come from ``runtime.contract`` (the one place they are named); this module fills in
+The keys come from ``runtime.model.contract`` (the one place they are named); this module fills in
 their values: class names, input contract, output kind, variant, provenance and parity.
 """
 
@@ -14,10 +14,22 @@ import platform
 from importlib import metadata as _pkg
 from pathlib import Path
 
-from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CALIBRATION, KEY_CLASS_NAMES, KEY_FORMAT,
-                              KEY_INPUT, KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_SELF_CHECK, KEY_VARIANT, KEY_VIEWS,
-                              InputContract)
-from runtime.session import create_session, model_metadata
+from runtime.model.contract import (
+    CIFAR10_CLASSES,
+    FORMAT_VERSION,
+    KEY_CALIBRATION,
+    KEY_CLASS_NAMES,
+    KEY_FORMAT,
+    KEY_INPUT,
+    KEY_OUTPUT,
+    KEY_PARITY,
+    KEY_PROVENANCE,
+    KEY_SELF_CHECK,
+    KEY_VARIANT,
+    KEY_VIEWS,
+    InputContract,
+)
+from runtime.model.session import create_session, model_metadata
 
 PRODUCER = "cifar-edge export"
 TOOLS = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
@@ -67,7 +79,7 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
                    provenance_info: dict, parity: dict | None, contract: InputContract | None = None,
                    calibration: dict | None = None, views: str = "single", self_check=None):
     """Set every cifar-edge key (replacing old values) plus doc_string/producer. In place.
-    ``self_check``: the file's ``runtime.selfcheck.SelfCheckVectors`` (None: the key says null)."""
+    ``self_check``: the file's ``runtime.model.selfcheck.SelfCheckVectors`` (None: the key says null)."""
     contract = contract or InputContract()
     values = {
         KEY_FORMAT: FORMAT_VERSION,
@@ -104,7 +116,7 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
 
 def read_metadata(path: str | os.PathLike) -> dict[str, object]:
     """The cifar-edge keys of an .onnx file, JSON values decoded, read the runtime's way
-    (``runtime.session.model_metadata``); ModelError when the file has none."""
+    (``runtime.model.session.model_metadata``); ModelError when the file has none."""
     return model_metadata(create_session(path), path).decoded()
 
 

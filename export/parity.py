@@ -1,6 +1,6 @@
 """Parity: run a reference and a candidate model on the same inputs and compare.
 
-Inputs are the test split of the model's dataset (prepared by ``runtime.preprocess`` at the
+Inputs are the test split of the model's dataset (prepared by ``runtime.image.preprocess`` at the
 model's input size) or, without data, a fixed synthetic set of that size. Each comparison is
 one ``ParityEntry``; an export's entries make a ``ParityReport``, written as JSON and printed
 as a table.
@@ -17,11 +17,18 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from runtime.atomic import atomic_write
-from runtime.batching import predict_in_batches
-from runtime.calibration import softmax
-from runtime.contract import KEY_OUTPUT, KEY_PROVENANCE, KEY_VARIANT, KEY_VIEWS, calibration_of, variant_label
 from runtime.errors import DataError, ModelError, ThresholdError, listed
-from runtime.session import create_session
+from runtime.model.batching import predict_in_batches
+from runtime.model.confidence import softmax
+from runtime.model.contract import (
+    KEY_OUTPUT,
+    KEY_PROVENANCE,
+    KEY_VARIANT,
+    KEY_VIEWS,
+    calibration_of,
+    variant_label,
+)
+from runtime.model.session import create_session
 
 BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
 N_RANDOM, N_PATTERNED = 256, 64  # the synthetic set used when no data is given
@@ -69,7 +76,7 @@ def load_test_split(data: str | os.PathLike, limit: int | None = None, input_siz
                     model_path: str | os.PathLike | None = None) -> ParityData:
     """The test split of ``data`` (any layout ``train.data`` reads) at ``input_size``, as the run
     of ``model_path`` split it (``train.data.load_for_model``)."""
-    from runtime.contract import CIFAR10_CLASSES
+    from runtime.model.contract import CIFAR10_CLASSES
     from train.data import load_for_model
 
     dataset = load_for_model(data, model_path, input_size, splits=("test",))
@@ -78,8 +85,8 @@ def load_test_split(data: str | os.PathLike, limit: int | None = None, input_siz
     x, y = dataset.x_test, dataset.y_test
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    # train.data prepares every file through runtime.preprocess.prepare at the model's size:
-    # x.astype(float32) is exactly what runtime.preprocess.to_batch gives the model.
+    # train.data prepares every file through runtime.image.preprocess.prepare at the model's size:
+    # x.astype(float32) is exactly what runtime.image.preprocess.to_batch gives the model.
     name = "CIFAR-10" if dataset.class_names == CIFAR10_CLASSES else \
         f"{Path(dataset.source).name} ({len(dataset.class_names)} classes)"
     return ParityData(x.astype(np.float32), y, f"{name} test split, {len(x)} images", tuple(dataset.class_names))

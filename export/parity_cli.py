@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 
 PROG = "cifar-parity"
 

@@ -19,16 +19,27 @@ from typing import Callable, Mapping
 import numpy as np
 
 from runtime.errors import DataError, ModelError, OptionError
-
-from runtime.calibration import calibration as calibration_figures
-from runtime.calibration import fit_temperature, with_temperature
-from runtime.selfcheck import SelfCheckVectors, choose_images, this_machine, vectors_for
+from runtime.model.confidence import calibration as calibration_figures
+from runtime.model.confidence import fit_temperature, with_temperature
+from runtime.model.selfcheck import SelfCheckVectors, choose_images, this_machine, vectors_for
 
 from . import convert, metadata, preprocessing
 from .calibrate import add_flip_view, bake_temperature, held_out_training_images, mirror_average
 from .fold import fold_for_inference
-from .parity import (DEFAULT_THRESHOLDS, ParityData, ParityReport, Thresholds, as_probabilities, check_classes,
-                     compare, keras_predictor, load_test_split, onnx_predictor, predict_all, synthetic_inputs)
+from .parity import (
+    DEFAULT_THRESHOLDS,
+    ParityData,
+    ParityReport,
+    Thresholds,
+    as_probabilities,
+    check_classes,
+    compare,
+    keras_predictor,
+    load_test_split,
+    onnx_predictor,
+    predict_all,
+    synthetic_inputs,
+)
 from .preprocessing import Preprocessing
 from .quantize import Int8Config, calibration_from_cifar, calibration_from_folder, convert_fp16, quantize_int8
 
@@ -310,7 +321,7 @@ def _calibrate(proto, held, name: str, quiet: bool | None):
 @dataclass(frozen=True)
 class _SelfCheckImages:
     """The few parity images every exported file carries to check itself where it runs
-    (``runtime.selfcheck``), and the Keras model's answers for them, single view and mirrored."""
+    (``runtime.model.selfcheck``), and the Keras model's answers for them, single view and mirrored."""
 
     images_hwc: np.ndarray  # (n, H, W, 3) uint8 RGB: stored exactly, so answered exactly
     keras: np.ndarray  # (n, K) the Keras model's probabilities

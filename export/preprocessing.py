@@ -1,6 +1,6 @@
 """What a model expects its pixels scaled to, declared, baked into the graph and checked.
 
-Every exported file takes raw 0-255 RGB pixels (``runtime.contract``). A model trained on
+Every exported file takes raw 0-255 RGB pixels (``runtime.model.contract``). A model trained on
 ``x / 255`` computed outside it, as the Keras tutorials do, expects 0-1; one trained on
 ``(x / 255 - mean) / std`` expects that. Either is one affine per channel of the raw pixels,
 ``(x - raw_mean) / raw_std``, so the declaration becomes a Normalization layer with fixed

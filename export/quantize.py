@@ -1,7 +1,7 @@
 """Edge variants: static INT8 (onnxruntime, QDQ, per-channel) and FP16 weights.
 
 File in, file out, as onnxruntime's own tools: the FP32 ModelProto goes in, a ModelProto comes
-out. Calibration images are raw RGB pixels prepared by ``runtime.preprocess``.
+out. Calibration images are raw RGB pixels prepared by ``runtime.image.preprocess``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.batching import predict_in_batches
-from runtime.contract import InputContract
 from runtime.errors import DataError, ModelError
-from runtime.preprocess import IMAGE_SUFFIXES, prepare, to_batch
+from runtime.image.preprocess import IMAGE_SUFFIXES, prepare, to_batch
+from runtime.model.batching import predict_in_batches
+from runtime.model.contract import InputContract
 
 CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a time
 QUANT_TYPES = ("QUInt8", "QInt8")  # onnxruntime.quantization.QuantType names
@@ -78,7 +78,7 @@ def calibration_from_cifar(data: str | os.PathLike, n: int, seed: int = 0, n_sel
 
     The two never share an image index (``split_calibration``); the held-out pair is empty when
     calibration takes the whole split. train.data prepares every file through
-    runtime.preprocess.prepare: x.astype(float32) equals runtime.preprocess.to_batch.
+    runtime.image.preprocess.prepare: x.astype(float32) equals runtime.image.preprocess.to_batch.
     """
     from train.data import load_for_model
 
@@ -127,7 +127,7 @@ def held_out_apart(calib: np.ndarray, held_out: tuple[np.ndarray, np.ndarray] | 
 
 def calibration_from_folder(folder: str | os.PathLike, n: int, seed: int = 0,
                             contract: InputContract | None = None) -> np.ndarray:
-    """Any folder of images (any size): each goes through runtime.preprocess.prepare to the
+    """Any folder of images (any size): each goes through runtime.image.preprocess.prepare to the
     model's ``contract`` (default: 32x32)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -187,9 +187,12 @@ def rank_layers_by_error(float_path: Path, qdq_path: Path, batch_nhwc: np.ndarra
     so a low value points at the layer where quantization itself loses signal.
     """
     import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     work = qdq_path.parent
     input_name = onnx.load(os.fspath(float_path)).graph.input[0].name

@@ -70,7 +70,7 @@ def atomic_write(target: str | os.PathLike, mode: str = "w", encoding: str | Non
 def replace_marked(text: str, begin: str, end: str, block: str, where: str = "the text") -> str:
     """``text`` with what lies between its one ``begin`` … ``end`` pair replaced by ``block``
     (generated figures inside a hand-written page)."""
-    from .errors import CifarEdgeError
+    from runtime.errors import CifarEdgeError
 
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise CifarEdgeError(f"{where} needs exactly one {begin} … {end} pair, in that order")

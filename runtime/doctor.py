@@ -5,7 +5,7 @@ system and board, the CPU (and whether INT8 pays off), threads, onnxruntime and 
 OpenCV, picamera2, cameras, display, memory, disk, and at last the bundled model classifying a
 sample image through ``Classifier``. A check never raises: what it cannot find is its answer.
 OpenCV and picamera2 are optional and imported here only; neither is needed for the verdict,
-which is the model's (``exit_code``). cifar-doctor (``runtime.doctor_cli``) prints the report.
+which is the model's (``exit_code``). cifar-doctor (``runtime.cli.doctor``) prints the report.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, bundled
-from .cpu import CpuInfo, cpu_features
-from .errors import CifarEdgeError, ExitCode, ProviderError
-from .picamera import INSTALL_HINT
-from .providers import cache_root, gpu_install_hint, resolve, short_name
+from runtime import __version__
+from runtime.camera.picamera import INSTALL_HINT
+from runtime.cpu import CpuInfo, cpu_features
+from runtime.errors import CifarEdgeError, ExitCode, ProviderError
+from runtime.model import bundled
+from runtime.model.providers import cache_root, gpu_install_hint, resolve, short_name
 
 OK, NOTE, PROBLEM = "ok", "note", "problem"
 OS_RELEASE = Path("/etc/os-release")
@@ -379,8 +380,8 @@ def check_self_checks(model: str | os.PathLike | None = None, provider: str = "a
     """Every model found (``model`` and the bundled ones) runs its self-check images here: are
     this machine's answers the exported ones? A failure of ``model`` is a problem; of a
     bundled INT8 file a note (cifar-run falls back to the bundled FP32 file)."""
-    from .classifier import Classifier
-    from .selfcheck import ABSENT, FAILED, run_check
+    from runtime.model.classifier import Classifier
+    from runtime.model.selfcheck import ABSENT, FAILED, run_check
 
     try:
         found = bundled.bundled_models()

@@ -1,7 +1,7 @@
 """The exception hierarchy shared by every cifar-edge package.
 
 Library code raises these with messages that say what failed, where, and how to fix it.
-The CLIs turn them into one line on stderr and a non-zero exit (see ``runtime.cli_support``).
+The CLIs turn them into one line on stderr and a non-zero exit (see ``runtime.cli.common``).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from pathlib import Path
 import click
 
 from runtime.atomic import write_marked
-from runtime.bundled import default_model, sample_images
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 from runtime.cpu import cpu_features
+from runtime.model.bundled import default_model, sample_images
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cold-start:begin -->", "<!-- cold-start:end -->"
@@ -70,7 +70,7 @@ def main(runs, keras_model, write, show_traceback):
         image = str(sample_images()[0])
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         commands = {
-            "cifar-run IMAGE (onnxruntime, INT8)": [sys.executable, "-m", "runtime.cli", image, "--model",
+            "cifar-run IMAGE (onnxruntime, INT8)": [sys.executable, "-m", "runtime.cli.run", image, "--model",
                                                     str(default_model())],
             "Keras script (TensorFlow, FP32)": [sys.executable, "-c", KERAS_SCRIPT, str(keras_model), image],
         }

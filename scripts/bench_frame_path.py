@@ -1,4 +1,4 @@
-"""Frame path: speed and label agreement of runtime.preprocess against the path it replaced.
+"""Frame path: speed and label agreement of runtime.image.preprocess against the path it replaced.
 
     python scripts/bench_frame_path.py --data ../shared/data/cifar10 [--photos DIR]... [--out runs/frame_path.json]
 
@@ -35,10 +35,10 @@ import click
 import numpy as np
 from PIL import Image
 
-from runtime import preprocess
 from runtime.atomic import atomic_write
-from runtime.contract import InputContract
 from runtime.cpu import cpu_features
+from runtime.image import preprocess
+from runtime.model.contract import InputContract
 
 FRAME_SIZES = ((640, 480), (1920, 1080))  # (width, height) px
 NOISE_SIGMA = 4.0  # grey levels of Gaussian noise added to every made-up frame, as a sensor would
@@ -47,7 +47,7 @@ NOISE_SIGMA = 4.0  # grey levels of Gaussian noise added to every made-up frame,
 # -- the reference: the frame and file path as it was before the "Speed" issue, copied verbatim --
 
 def reference_resize_to_input(image_rgb: Image.Image, contract: InputContract) -> Image.Image:
-    """REFERENCE (old runtime.preprocess.resize_to_input): centre box, full bicubic resize."""
+    """REFERENCE (old runtime.image.preprocess.resize_to_input): centre box, full bicubic resize."""
     target_w, target_h = contract.width, contract.height
     w, h = image_rgb.size
     if contract.resize == "center-crop":
@@ -66,7 +66,7 @@ def reference_resize_to_input(image_rgb: Image.Image, contract: InputContract) -
 
 
 def reference_prepare_array(image_rgb: np.ndarray, contract: InputContract) -> np.ndarray:
-    """REFERENCE (old runtime.preprocess.prepare_array)."""
+    """REFERENCE (old runtime.image.preprocess.prepare_array)."""
     image = Image.fromarray(np.ascontiguousarray(image_rgb), mode="RGB")
     return np.asarray(reference_resize_to_input(image, contract), dtype=np.uint8)
 
@@ -77,7 +77,7 @@ def reference_prepare_frame(frame_bgr: np.ndarray, contract: InputContract) -> n
 
 
 def reference_prepare(source, contract: InputContract) -> np.ndarray:
-    """REFERENCE (old runtime.preprocess.prepare): load_image is unchanged and shared."""
+    """REFERENCE (old runtime.image.preprocess.prepare): load_image is unchanged and shared."""
     image = preprocess.load_image(source, draft_size=(contract.width * 2, contract.height * 2))
     return np.asarray(reference_resize_to_input(image, contract), dtype=np.uint8)
 
@@ -86,7 +86,7 @@ def reference_prepare(source, contract: InputContract) -> np.ndarray:
 
 def cifar_files(data: Path, per_class: int | None) -> list[tuple[Path, int]]:
     """(file, class index) from DATA/test/<class>/, the first ``per_class`` of each class."""
-    from runtime.contract import CIFAR10_CLASSES
+    from runtime.model.contract import CIFAR10_CLASSES
 
     files = []
     for index, name in enumerate(CIFAR10_CLASSES):
@@ -326,8 +326,8 @@ def machine() -> dict:
 @click.option("--out", default="runs/frame_path.json", type=click.Path(dir_okay=False),
               help="JSON file for the figures.")
 def main(data, model, threads, photos, per_class, crops, runs, test_images, out):
-    from runtime import bundled
-    from runtime.classifier import Classifier
+    from runtime.model import bundled
+    from runtime.model.classifier import Classifier
 
     clf = Classifier(model or bundled.default_model(), threads=threads)
     photo_paths = photo_files(photos)

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from runtime.contract import CIFAR10_CLASSES
+from runtime.model.contract import CIFAR10_CLASSES
 
 
 def read_split(data: Path, split: str, per_class: int | None) -> tuple[list[Path], np.ndarray]:

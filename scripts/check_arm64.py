@@ -41,9 +41,9 @@ from pathlib import Path
 
 import click
 
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 from runtime.errors import CifarEdgeError, ExitCode
-from runtime.providers import cache_root
+from runtime.model.providers import cache_root
 
 PROG = "check_arm64"
 REPO = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def host_runs(wheel: Path, unpacked: Path, images: Path) -> dict[str, dict]:
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(unpacked)
     env = {**os.environ, "PYTHONPATH": str(unpacked)}
-    return classify(lambda args: [sys.executable, "-m", "runtime.cli", *args], str(images),
+    return classify(lambda args: [sys.executable, "-m", "runtime.cli.run", *args], str(images),
                     str(unpacked / "runtime" / "assets"), cwd=unpacked, env=env)
 
 

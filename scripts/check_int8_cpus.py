@@ -178,7 +178,7 @@ def test_images(data: str, n: int, work: Path) -> tuple[Path, np.ndarray]:
 # -- running: one child per file, native or under qemu, the same code ----------------------------
 
 def session(model: str | os.PathLike, threads: int, entries: dict):
-    """An onnxruntime CPU session with runtime.session.create_session's options, plus ``entries``."""
+    """An onnxruntime CPU session with runtime.model.session.create_session's options, plus ``entries``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -332,9 +332,9 @@ def table(rows: list[dict]) -> str:
 def main(data, keys, images, qemu_images, qemu_float_images, qemu_cpu, speed_rounds, threads, work, json_out):
     """Re-quantize the bundled FP32 model with candidate INT8 recipes; run each file natively
     and under qemu without VNNI; print accuracy, agreement, max |dp| and speed per file."""
-    from runtime.cli_support import run_cli
+    from runtime.cli.common import run_cli
     from runtime.errors import DataError
-    from runtime.providers import cache_root
+    from runtime.model.providers import cache_root
 
     def body():
         qemu = _qemu()

@@ -33,7 +33,7 @@ import numpy as np
 
 from runtime import Classifier
 from runtime.atomic import atomic_write, write_marked
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 from runtime.cpu import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]

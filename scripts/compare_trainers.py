@@ -47,7 +47,7 @@ import click
 import numpy as np
 
 from runtime.atomic import atomic_write
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 from runtime.cpu import FLAGS_OF_INTEREST, cpu_features, cpu_flags
 from runtime.errors import CifarEdgeError, ExitCode, OptionError
 from train.augment import augmented_epoch

@@ -37,9 +37,9 @@ import numpy as np
 from PIL import Image
 
 from runtime.atomic import write_marked
-from runtime.bundled import default_model, sample_images
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 from runtime.cpu import cpu_features
+from runtime.model.bundled import default_model, sample_images
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- load-test:begin -->", "<!-- load-test:end -->"
@@ -69,7 +69,7 @@ def write_sample_clip(path: Path, size=(640, 480), fps: int = 30, seconds: float
 def start_serving(*args: str, timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
     """``cifar-run ARGS --headless --serve 127.0.0.1:0`` in a child process: (the process,
     the first URL it printed, with its token if it has one)."""
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args, "--headless", "--every", "5",
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli.run", *args, "--headless", "--every", "5",
                              "--serve", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
     watchdog = threading.Timer(timeout_s, proc.kill)  # a start that hangs ends the read below
@@ -178,7 +178,7 @@ def upload(target: Target, stop: threading.Event, tally: Tally, jpeg: bytes, lab
 
 def photo(model: str) -> tuple[bytes, str]:
     """A 1600x1200 JPEG (a sample scaled up, with sensor-like noise) and its label by ``model``."""
-    from runtime.classifier import Classifier
+    from runtime.model.classifier import Classifier
 
     rng = np.random.default_rng(0)
     pixels = np.asarray(Image.open(sample_images()[3]).convert("RGB").resize((1600, 1200), Image.BICUBIC))

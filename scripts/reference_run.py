@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from runtime.atomic import atomic_write
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 
 PUBLISHED = {"source": "KellerJordan/cifar10-airbench legacy/airbench94.py",
              "tta_level_2_accuracy": 0.9401, "epochs": 9.9}

@@ -57,8 +57,8 @@ def choose_samples(data: str, models: list[Path], per_class: int = 1) -> list[Pa
     The samples are a demo of what the model does, so they are chosen to be classified
     correctly, and this rule is stated in docs/shipped-model.md.
     """
-    from runtime.classifier import Classifier
-    from runtime.contract import CIFAR10_CLASSES
+    from runtime.model.classifier import Classifier
+    from runtime.model.contract import CIFAR10_CLASSES
 
     classifiers = [Classifier(m, provider="cpu") for m in models]
     chosen = []

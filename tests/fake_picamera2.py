@@ -1,4 +1,4 @@
-"""A stand-in for the ``picamera2`` package, as much of it as runtime.picamera uses, behaving
+"""A stand-in for the ``picamera2`` package, as much of it as runtime.camera.picamera uses, behaving
 as picamera2's own source does (raspberrypi/picamera2, picamera2/picamera2.py and request.py):
 
 - ``Picamera2.global_camera_info()``: one dict per attached camera (Model, Id, Num);

@@ -17,9 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
-                              KEY_OUTPUT, KEY_PROVENANCE, KEY_SELF_CHECK, KEY_VARIANT, InputContract)
-from runtime.selfcheck import vectors_for
+from runtime.model.contract import (
+    CIFAR10_CLASSES,
+    FORMAT_VERSION,
+    KEY_CLASS_NAMES,
+    KEY_FORMAT,
+    KEY_INPUT,
+    KEY_OUTPUT,
+    KEY_PROVENANCE,
+    KEY_SELF_CHECK,
+    KEY_VARIANT,
+    InputContract,
+)
+from runtime.model.selfcheck import vectors_for
 
 DATA = Path(__file__).resolve().parent / "data"
 COMMITTED = {"contract": DATA / "tiny_contract.onnx", "no_metadata": DATA / "tiny_no_metadata.onnx"}

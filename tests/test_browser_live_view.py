@@ -23,11 +23,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from PIL import Image
 
-from helpers import REPO
-from runtime.bundled import default_model, sample_images
-from runtime.classifier import UNCERTAIN, Classifier
+from runtime.model.bundled import default_model, sample_images
+from runtime.model.classifier import UNCERTAIN, Classifier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from helpers import REPO
 
 UNIT = REPO / "deploy" / "cifar-edge-camera.service"
@@ -39,7 +38,7 @@ def test_the_unit_restarts_on_failure_and_stops_with_sigterm():
 
 
 def test_its_command_is_one_cifar_run_accepts():
-    from runtime.cli import main
+    from runtime.cli.run import main
 
     argv = shlex.split(_service_section()["ExecStart"])
     assert argv[0].endswith("/cifar-run")
@@ -64,7 +63,7 @@ def test_systemd_accepts_the_unit(tmp_path):
 
 def test_every_rate_limits_the_headless_lines(tiny_model, tmp_path):
     cv2 = pytest.importorskip("cv2")
-    from runtime.cli import main
+    from runtime.cli.run import main
 
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))

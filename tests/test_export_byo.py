@@ -14,9 +14,15 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from helpers import (CLASSES, REAL_DATA, make_images, one_error_line, requires_real_data, requires_tf,
-                     write_folder_dataset)
+from helpers import (
+    CLASSES,
+    REAL_DATA,
+    make_images,
+    one_error_line,
+    requires_real_data,
+    requires_tf,
+    write_folder_dataset,
+)
 
 pytestmark = [requires_tf, pytest.mark.tf]
 
@@ -111,7 +117,7 @@ def test_a_tutorial_sequential_exports_with_its_pixels_baked_in(tutorial, tmp_pa
 
 
 def test_cifar_parity_feeds_a_keras_reference_as_the_export_declared(tutorial, tmp_path):
-    from export import check_parity, export_model, ExportConfig, Preprocessing
+    from export import ExportConfig, Preprocessing, check_parity, export_model
 
     out = tmp_path / "m.onnx"
     assert export_model(tutorial / "model.h5", ExportConfig(preprocessing=Preprocessing("0-1"), quiet=True),
@@ -342,7 +348,7 @@ def test_a_dynamic_input_needs_input_size(tmp_path):
     assert "model input is (None, None, 3), any size: pass --input-size N" in message
     result = run_export(path, "-o", tmp_path / "m.onnx", "--input-size", "40")
     assert result.exit_code == 0, result.output
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     assert create_session(tmp_path / "m.onnx").get_inputs()[0].shape == ["batch", 40, 40, 3]
     x = raw_images(size=40)

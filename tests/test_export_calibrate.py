@@ -8,15 +8,15 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import make_images, requires_tf
-from runtime.calibration import calibration, with_temperature
+
+from runtime.model.confidence import calibration, with_temperature
 
 pytestmark = requires_tf
 
 
 def _session(proto_or_path):
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     return create_session(proto_or_path if not hasattr(proto_or_path, "SerializeToString")
                           else proto_or_path.SerializeToString())
@@ -96,6 +96,7 @@ def test_rewrites_refuse_twice_and_a_model_without_softmax(exported, tmp_path):
 def trained_run(tmp_path_factory):
     """A tiny model trained 2 epochs in a run folder that holds 40 training images out."""
     from helpers import write_folder_dataset
+
     from train.config import TrainConfig
     from train.fit import fit
 
@@ -130,8 +131,8 @@ def test_export_calibrates_each_variant_and_parity_accounts_for_it(trained_run, 
     from export import ExportConfig, Int8Config, export_model
     from export.parity import DEFAULT_THRESHOLDS
     from export.pipeline import check_parity
-    from runtime.contract import KEY_CALIBRATION, KEY_VIEWS
-    from runtime.session import create_session, model_metadata
+    from runtime.model.contract import KEY_CALIBRATION, KEY_VIEWS
+    from runtime.model.session import create_session, model_metadata
 
     run, data = trained_run
     lenient = DEFAULT_THRESHOLDS["int8"].override(max_accuracy_drop=100.0)  # 60 test images
@@ -176,7 +177,7 @@ def test_calibration_lowers_ece_on_an_over_confident_model(trained_run, tmp_path
     """The fitted temperature undoes a deliberate over-confidence: ECE and NLL on the held-out
     images fall, and the temperature is near the factor the logits were inflated by."""
     from export.calibrate import bake_temperature, held_out_training_images
-    from runtime.calibration import fit_temperature
+    from runtime.model.confidence import fit_temperature
 
     run, data = trained_run
     from export import ExportConfig, export_model

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-
 from helpers import requires_tf
 
 pytestmark = requires_tf
@@ -112,7 +111,7 @@ def test_traceback_flag_shows_traceback(tmp_path):
 
 
 def test_int8_with_calibration_folder(tiny_keras, small_data, tmp_path):
-    """--calibration DIR: any images, prepared by runtime.preprocess, no --data needed."""
+    """--calibration DIR: any images, prepared by runtime.image.preprocess, no --data needed."""
     result = run_export(tiny_keras, "-o", tmp_path / "m.onnx", "--int8", "--calibration", small_data / "train",
                         "--calib-images", "20")
     assert result.exit_code == 0, result.output

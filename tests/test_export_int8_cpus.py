@@ -4,7 +4,7 @@ The bundled FP32 model is quantized with the project's recipe (Int8Config's defa
 weights, the first Conv float) and with the old one (8-bit weights, every Conv INT8), calibrated
 on the bundled samples; both run on 40
 views of the samples here and under qemu's Haswell (AVX2, no VNNI: tests/qemu.py), through
-runtime.session.create_session as cifar-run does. The recipe's answers are the same on both
+runtime.model.session.create_session as cifar-run does. The recipe's answers are the same on both
 CPUs. The old recipe's answers under qemu are clearly wrong (14 of 40 top-1 labels changed when
 this test was written, max |dp| 0.97), which proves the stand-in runs onnxruntime's saturating
 non-VNNI kernels; it is judged against FP32 rather than against its own native run, so the test
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import REPO, has_module, requires_qemu
 from qemu import python_under_qemu
 
@@ -33,7 +32,7 @@ MAX_ABS_DP = 1e-3
 RUN = """
 import sys
 import numpy as np
-from runtime.session import create_session
+from runtime.model.session import create_session
 images = np.load(sys.argv[1])
 for path in sys.argv[2:]:
     session = create_session(path)
@@ -48,7 +47,7 @@ def views(batch_nhwc: np.ndarray) -> np.ndarray:
 
 
 def probabilities(path, images: np.ndarray) -> np.ndarray:
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     session = create_session(path)
     return session.run(None, {session.get_inputs()[0].name: images})[0]

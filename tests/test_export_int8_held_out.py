@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import make_images, requires_tf, write_folder_dataset
 
 
@@ -76,7 +75,7 @@ def test_unlabelled_calibration_says_nothing_was_checked():
 def test_small_train_split_is_reported_not_silent(exported):
     """The shared export calibrates on 50 of 60 training images: 10 left is too few to judge by."""
     from export import read_metadata
-    from runtime.contract import KEY_PROVENANCE
+    from runtime.model.contract import KEY_PROVENANCE
 
     notes = [n for n in exported.report.notes if n.startswith("INT8: ")]
     assert notes == ["INT8: only 10 training images are left apart from the 50 that calibrate; the float-layer "

@@ -8,10 +8,20 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import requires_tf
-from runtime.contract import (CIFAR10_CLASSES, FORMAT_VERSION, KEY_CLASS_NAMES, KEY_FORMAT, KEY_INPUT,
-                              KEY_OUTPUT, KEY_PARITY, KEY_PROVENANCE, KEY_VARIANT, InputContract)
+
+from runtime.model.contract import (
+    CIFAR10_CLASSES,
+    FORMAT_VERSION,
+    KEY_CLASS_NAMES,
+    KEY_FORMAT,
+    KEY_INPUT,
+    KEY_OUTPUT,
+    KEY_PARITY,
+    KEY_PROVENANCE,
+    KEY_VARIANT,
+    InputContract,
+)
 
 pytestmark = requires_tf
 

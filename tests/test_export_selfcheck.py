@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.classifier import Classifier
-from runtime.contract import KEY_SELF_CHECK
-from runtime.preprocess import to_batch
-from runtime.selfcheck import PASSED, TOLERANCE, SelfCheckVectors, run_check
+from runtime.image.preprocess import to_batch
+from runtime.model.classifier import Classifier
+from runtime.model.contract import KEY_SELF_CHECK
+from runtime.model.selfcheck import PASSED, TOLERANCE, SelfCheckVectors, run_check
 
 pytestmark = pytest.mark.tf
 

@@ -1,11 +1,11 @@
-"""runtime.batching.predict_in_batches: the one loop over an array in batches."""
+"""runtime.model.batching.predict_in_batches: the one loop over an array in batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runtime.batching import predict_in_batches
+from runtime.model.batching import predict_in_batches
 
 
 def test_batches_in_order_and_concatenated():

@@ -1,4 +1,4 @@
-"""cifar-bench and runtime.bench: options, output formats, bounds, accuracy on a generated
+"""cifar-bench and runtime.bench.measure: options, output formats, bounds, accuracy on a generated
 folder, the camera loop's stages, CPU flags, and one-line errors. Never the timings themselves."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
 from helpers import CLASSES
-from runtime import bench
-from runtime.bench import BenchConfig, measure_model, parse_batches
-from runtime.bench_cli import main
-from runtime.bench_report import BenchResult, Timing, int8_speedup
+from PIL import Image
+from runtime_models import solid
+
+from runtime.bench import measure as bench
+from runtime.bench.measure import BenchConfig, measure_model, parse_batches
+from runtime.bench.report import BenchResult, Timing, int8_speedup
+from runtime.cli.bench import main
 from runtime.cpu import cpu_features
 from runtime.errors import DataError, OptionError
-from runtime.inputs import labelled_images
-from runtime_models import solid
+from runtime.image.inputs import labelled_images
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = BenchConfig(batches=(1, 4), runs=3, warmup=1, max_seconds=30)
@@ -217,7 +217,7 @@ def test_errors_are_one_line(tiny_model, tmp_path, args, code, message):
 
 
 def test_importing_bench_loads_nothing_heavy():
-    code = ("import sys, runtime.bench, runtime.bench_cli\n"
+    code = ("import sys, runtime.bench.measure, runtime.cli.bench\n"
             "heavy = [m for m in ('onnxruntime', 'cv2', 'tensorflow', 'onnx') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -1,4 +1,4 @@
-"""runtime.calibration: ECE, NLL, reliability bins and temperature scaling, on synthetic outputs
+"""runtime.model.confidence: ECE, NLL, reliability bins and temperature scaling, on synthetic outputs
 whose calibration is known by construction (numpy only, no TensorFlow)."""
 
 from __future__ import annotations
@@ -8,8 +8,16 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from runtime.calibration import (ECE_BINS, calibration, ece, fit_temperature, nll, reliability, softmax,
-                                 with_temperature)
+from runtime.model.confidence import (
+    ECE_BINS,
+    calibration,
+    ece,
+    fit_temperature,
+    nll,
+    reliability,
+    softmax,
+    with_temperature,
+)
 
 
 def calibrated(n: int, seed: int = 0, classes: int = 10, scale: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +106,7 @@ def test_reliability_counts_every_image_once_and_confidence_one_in_the_last_bin(
 
 
 def test_selective_accuracy_counts_what_min_confidence_keeps():
-    from runtime.calibration import selective
+    from runtime.model.confidence import selective
 
     probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
     labels = np.array([0, 1, 1, 0])  # right, wrong, right, right

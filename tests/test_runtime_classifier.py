@@ -1,19 +1,19 @@
-"""runtime.Classifier and runtime.providers on tiny ONNX models with cifar-edge metadata."""
+"""runtime.Classifier and runtime.model.providers on tiny ONNX models with cifar-edge metadata."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from runtime.classifier import Classifier
-from runtime.contract import CIFAR10_CLASSES
-from runtime.errors import ImageError, ModelError, ProviderError
-from runtime.preprocess import prepare, to_batch
-from runtime.providers import available_providers, resolve
 from runtime_models import COMMITTED, build_model, metadata, reference_probabilities, solid
 
-SAMPLES = sorted((__import__("runtime.bundled").bundled.PACKAGE_ASSETS / "samples").glob("*.jpg"))
+from runtime.errors import ImageError, ModelError, ProviderError
+from runtime.image.preprocess import prepare, to_batch
+from runtime.model.classifier import Classifier
+from runtime.model.contract import CIFAR10_CLASSES
+from runtime.model.providers import available_providers, resolve
+
+SAMPLES = sorted((__import__("runtime.model.bundled").model.bundled.PACKAGE_ASSETS / "samples").glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")

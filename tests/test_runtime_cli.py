@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-
-from runtime.cli import main
 from runtime_models import solid
+
+from runtime.cli.run import main
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx", "cv2")
@@ -172,7 +172,7 @@ def test_save_a_name_still_taken_gets_a_suffix_and_a_note(tiny_model, images, tm
 
 
 def test_saved_copies_never_leave_the_folder(tmp_path, monkeypatch):
-    from runtime.cli import plan_saved_copies
+    from runtime.cli.run import plan_saved_copies
 
     (tmp_path / "run").mkdir()
     monkeypatch.chdir(tmp_path / "run")
@@ -238,7 +238,7 @@ def test_no_heavy_imports(tiny_model, images):
     code = (
         "import sys, runtime\n"
         "assert 'onnxruntime' not in sys.modules, 'import runtime loaded onnxruntime'\n"
-        "from runtime.cli import main\n"
+        "from runtime.cli.run import main\n"
         f"sys.argv = ['cifar-run', {str(images)!r}, '--model', {str(tiny_model)!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         f"loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
@@ -270,8 +270,8 @@ def test_help_keeps_each_example_on_its_own_lines():
 def test_uncertain_is_one_word_for_table_caption_and_frames():
     import numpy as np
 
-    from runtime.annotate import caption
-    from runtime.classifier import UNCERTAIN, Prediction
+    from runtime.image.draw import caption
+    from runtime.model.classifier import UNCERTAIN, Prediction
 
     pred = Prediction((("cat", 0.4), ("dog", 0.3)), np.zeros(10, np.float32))
     assert (pred.shown_label(0.5), pred.shown_label(0.4)) == (UNCERTAIN, "cat")

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 from click.testing import CliRunner
 from PIL import Image
+from runtime_models import solid
 
 from runtime import doctor
+from runtime.cli.doctor import main
 from runtime.cpu import CpuInfo, cpu_features
 from runtime.doctor import NOTE, OK, PROBLEM, Board, Check
-from runtime.doctor_cli import main
-from runtime.providers import JETSON_INDEX
-from runtime_models import solid
+from runtime.model.providers import JETSON_INDEX
 
 LAPTOP = Board("Debian GNU/Linux 12 (bookworm)", None, None)
 PI4 = Board("Debian GNU/Linux 12 (bookworm)", "Raspberry Pi 4 Model B Rev 1.4", None)

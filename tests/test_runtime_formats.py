@@ -1,4 +1,4 @@
-"""runtime.preprocess.IMAGE_SUFFIXES: the one list of image suffixes, each one a format Pillow
+"""runtime.image.preprocess.IMAGE_SUFFIXES: the one list of image suffixes, each one a format Pillow
 reads, used by cifar-run's folder search and by INT8 calibration folders alike."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-
-from runtime.cli import main
-from runtime.inputs import expand_sources
-from runtime.preprocess import IMAGE_SUFFIXES, prepare
 from runtime_models import solid
+
+from runtime.cli.run import main
+from runtime.image.inputs import expand_sources
+from runtime.image.preprocess import IMAGE_SUFFIXES, prepare
 
 
 @pytest.fixture

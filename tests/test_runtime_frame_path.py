@@ -1,4 +1,4 @@
-"""runtime.preprocess on arrays (the camera's frame path): close to the full resize it replaced,
+"""runtime.image.preprocess on arrays (the camera's frame path): close to the full resize it replaced,
 the same in RGB and BGR, exact where nothing is resized, and fine with odd shapes and views.
 Timings are in scripts/bench_frame_path.py, not here."""
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from runtime.contract import InputContract
 from runtime.errors import ImageError
-from runtime.preprocess import crop_box, prepare, prepare_array, resize_to_input
+from runtime.image.preprocess import crop_box, prepare, prepare_array, resize_to_input
+from runtime.model.contract import InputContract
 
 SIZES = [(640, 480), (480, 640), (1920, 1080), (1080, 1920), (100, 300), (3000, 40), (40, 3000)]
 POLICIES = ["center-crop", "stretch"]

@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import REPO, has_module, requires_qemu
 from qemu import python_under_qemu
 
@@ -24,8 +23,8 @@ pytestmark = [requires_qemu, pytest.mark.skipif(not (ASSETS / "model-int8.onnx")
 # Each model loaded as cifar-run does (the self-check runs at load); one JSON line per model.
 RUN = """
 import json, sys
-from runtime.bundled import sample_images
-from runtime.classifier import Classifier
+from runtime.model.bundled import sample_images
+from runtime.model.classifier import Classifier
 from runtime.errors import CifarEdgeError
 for path in sys.argv[1:]:
     try:
@@ -65,9 +64,9 @@ def test_a_file_whose_kernels_saturate_there_is_refused(tmp_path):
 
     from export.convert import save_onnx
     from export.quantize import Int8Config, calibration_from_folder, quantize_int8
-    from runtime.classifier import Classifier
-    from runtime.contract import KEY_SELF_CHECK
-    from runtime.selfcheck import SelfCheckVectors
+    from runtime.model.classifier import Classifier
+    from runtime.model.contract import KEY_SELF_CHECK
+    from runtime.model.selfcheck import SelfCheckVectors
 
     bundled = Classifier(ASSETS / "model-int8.onnx", verify=False)
     vectors = SelfCheckVectors.from_json(bundled.metadata.raw[KEY_SELF_CHECK])

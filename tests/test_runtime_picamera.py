@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime import cli, video
-from runtime.classifier import Classifier
+from runtime.camera import live, loop, sources
+from runtime.camera.picamera import BGR_INDEX, PicameraSource, to_frame_bgr
+from runtime.cli import run as cli
 from runtime.errors import ExitCode, SourceError
-from runtime.picamera import BGR_INDEX, PicameraSource, to_frame_bgr
+from runtime.model.classifier import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)  # RGB, as the scene is described
@@ -108,7 +109,7 @@ def test_cli_headless_json_without_opencv_drawing(camera, tiny_model):
 
 def test_picam_n_opens_that_camera(camera, tiny_model):
     camera.cameras.append({"Model": "imx219", "Id": "/base/axi/i2c@88000/imx219@10", "Num": 1})
-    source = video.open_source("picam:1", size=(32, 32))
+    source = sources.open_source("picam:1", size=(32, 32))
     assert source.live and source.name == "picam:1" and source.read().shape == (32, 32, 3)
     source.release()
     assert camera.calls[0] == ("open", 1) and calls(camera)[-1] == "close"
@@ -116,9 +117,9 @@ def test_picam_n_opens_that_camera(camera, tiny_model):
 
 def test_a_camera_that_stops_is_reopened_and_every_instance_closed(camera, clf):
     camera.fail_reads_after = 3  # "Camera frontend has timed out!" after 3 frames, each time
-    source = video.open_source("picam", stall_timeout_s=0.5, size=(32, 32))
+    source = sources.open_source("picam", stall_timeout_s=0.5, size=(32, 32))
     try:
-        results = list(video.classify_stream(source, clf, reconnect=2, backoff_s=0.01,
+        results = list(loop.classify_stream(source, clf, reconnect=2, backoff_s=0.01,
                                              max_frames=6))
     finally:
         source.release()
@@ -149,7 +150,7 @@ def run_camera(clf, **kwargs):
     options = {"save": None, "headless": True, "fmt": "json", "full_frame": False, "smooth": 1,
                "min_confidence": 0.0, "reconnect": 0, "max_frames": 50, "duration": None,
                "size": (32, 32)}
-    return cli.run_camera(clf, "picam", cli.CameraOptions(**{**options, **kwargs}))
+    return live.run_camera(clf, "picam", live.CameraOptions(**{**options, **kwargs}))
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
@@ -171,7 +172,7 @@ def test_sigterm_to_a_running_cifar_run_releases_the_camera(tiny_model, tmp_path
     log = tmp_path / "camera.log"
     code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import fake_picamera2; "
             "sys.modules['picamera2'] = fake_picamera2.module(); "
-            "from runtime.cli import main; main()")
+            "from runtime.cli.run import main; main()")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(REPO / "tests"), "--camera", "picam", "--model",
          str(tiny_model), "--headless", "--camera-size", "32x32"],
@@ -246,7 +247,7 @@ def test_bad_specs_and_options(camera, tiny_model, tmp_path):
 
 
 def test_importing_runtime_loads_neither_picamera2_nor_opencv():
-    code = ("import sys, runtime, runtime.video, runtime.picamera, runtime.cli\n"
+    code = ("import sys, runtime, runtime.camera.sources, runtime.camera.picamera, runtime.cli.run\n"
             "loaded = [m for m in ('picamera2', 'libcamera', 'cv2') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""runtime.preprocess: every image mode, EXIF, resize policies, draft decoding, bad files."""
+"""runtime.image.preprocess: every image mode, EXIF, resize policies, draft decoding, bad files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.contract import InputContract
 from runtime.errors import ImageError
-from runtime.preprocess import MAX_PIXELS, load_image, prepare, prepare_array, resize_to_input, to_batch
+from runtime.image.preprocess import MAX_PIXELS, load_image, prepare, prepare_array, resize_to_input, to_batch
+from runtime.model.contract import InputContract
 
 RED = (255, 0, 0)
 

@@ -11,13 +11,13 @@ import shutil
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-
 from helpers import one_error_line
-from runtime.bundled import PACKAGE_ASSETS
-from runtime.cli import main
+
+from runtime.cli.run import main
 from runtime.errors import ProviderError
-from runtime.providers import CUDA_OPTIONS, JETSON_INDEX, JETSON_ZOO, gpu_install_hint, resolve
-from runtime.session import create_session
+from runtime.model.bundled import PACKAGE_ASSETS
+from runtime.model.providers import CUDA_OPTIONS, JETSON_INDEX, JETSON_ZOO, gpu_install_hint, resolve
+from runtime.model.session import create_session
 
 JETSON = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

@@ -1,4 +1,4 @@
-"""runtime.selfcheck: a model file checks, where it runs, that this machine gives its exported
+"""runtime.model.selfcheck: a model file checks, where it runs, that this machine gives its exported
 answers; and a file whose export failed parity is refused.
 
 The tiny colour classifier carries self-check vectors computed in numpy (tests/runtime_models.py),
@@ -16,18 +16,27 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from helpers import has_module, one_error_line
-from runtime import bundled, selfcheck
-from runtime.classifier import Classifier
-from runtime.cli import main as cifar_run
-from runtime.contract import KEY_PARITY, KEY_SELF_CHECK
+from runtime_models import build_model, metadata, self_check_images, self_check_json
+
+from runtime.cli.run import main as cifar_run
 from runtime.cpu import cpu_features
 from runtime.doctor import PROBLEM, check_self_checks
 from runtime.errors import ModelError
-from runtime.selfcheck import (ABSENT, FAILED, PASSED, SKIPPED, FailedParityError, SelfCheckError,
-                               SelfCheckVectors, choose_images, run_check)
-from runtime_models import build_model, metadata, self_check_images, self_check_json
+from runtime.model import bundled, selfcheck
+from runtime.model.classifier import Classifier
+from runtime.model.contract import KEY_PARITY, KEY_SELF_CHECK
+from runtime.model.selfcheck import (
+    ABSENT,
+    FAILED,
+    PASSED,
+    SKIPPED,
+    FailedParityError,
+    SelfCheckError,
+    SelfCheckVectors,
+    choose_images,
+    run_check,
+)
 
 needs_onnx = pytest.mark.skipif(not has_module("onnx"), reason="writing a model file needs the onnx package")
 

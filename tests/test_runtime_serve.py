@@ -23,10 +23,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from runtime import video
-from runtime.classifier import Classifier
-from runtime.cli import main as cifar_run
-from runtime.serve_cli import main as cifar_serve
+from runtime.camera import live as camera_live
+from runtime.camera import loop as camera_loop
+from runtime.cli.run import main as cifar_run
+from runtime.cli.serve import main as cifar_serve
+from runtime.model.classifier import Classifier
 from runtime.web import ServeConfig, WebServer
 from runtime.web.auth import Access
 from runtime.web.stream import FrameHub
@@ -65,7 +66,7 @@ def clf(tiny_model):
 def feed(server: WebServer, clf, camera: FakeCamera) -> threading.Thread:
     """The camera loop on a thread: classify the fake camera's frames and publish them."""
     def loop():
-        for result in video.classify_stream(camera, clf):
+        for result in camera_loop.classify_stream(camera, clf):
             server.publish(result)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -268,7 +269,7 @@ def test_each_frame_is_encoded_once_for_all_viewers(clf, monkeypatch):
     monkeypatch.setattr(stream, "render_jpeg", lambda *a: encoded.append(1) or real(*a))
     hub = FrameHub(max_viewers=4, max_fps=0, max_side=640, quality=70)
     hub.start()
-    results = list(video.classify_stream(FakeCamera(0.0), clf, max_frames=5))
+    results = list(camera_loop.classify_stream(FakeCamera(0.0), clf, max_frames=5))
     got: dict[str, list[bytes]] = {"a": [], "b": []}
     try:
         with hub.viewer() as seen_a, hub.viewer() as seen_b:
@@ -292,7 +293,7 @@ def test_no_encoding_while_nobody_watches(clf, monkeypatch):
     monkeypatch.setattr(stream, "render_jpeg", lambda *a: encoded.append(1) or b"jpeg")
     hub = FrameHub(max_viewers=1, max_fps=0, max_side=640, quality=70)
     hub.start()
-    for result in video.classify_stream(FakeCamera(0.0), clf, max_frames=20):
+    for result in camera_loop.classify_stream(FakeCamera(0.0), clf, max_frames=20):
         hub.publish(result)
     time.sleep(0.1)
     assert encoded == [] and hub.latest()["frame"] == 19
@@ -563,7 +564,7 @@ def test_cifar_run_camera_serve_in_process(tiny_model, monkeypatch):
     from runtime import web
 
     camera = FakeCamera()
-    monkeypatch.setattr(video, "open_source", lambda spec, **_: camera)
+    monkeypatch.setattr(camera_live, "open_source", lambda spec, **_: camera)
     servers = []
     real_start = web.WebServer.start
     monkeypatch.setattr(web.WebServer, "start", lambda self: servers.append(self) or real_start(self))
@@ -592,7 +593,7 @@ def test_cifar_run_camera_serve_in_process(tiny_model, monkeypatch):
     assert camera.released and servers[0]._httpd is None
 
 
-CIFAR_RUN = "from runtime.cli import main; main()"
+CIFAR_RUN = "from runtime.cli.run import main; main()"
 
 
 def start_serving(*args: str, script: str = CIFAR_RUN):
@@ -628,8 +629,8 @@ def watch_then_terminate(proc, port: int, frames: int = 2) -> tuple[list[bytes],
 
 SERVE_SCRIPT = """
 import sys, threading, numpy as np
-from runtime import video
-from runtime.cli import main
+from runtime.camera import live
+from runtime.cli.run import main
 
 class Camera:
     name, live = "fake", True
@@ -639,7 +640,7 @@ class Camera:
     def release(self):
         print("camera released", file=sys.stderr, flush=True)
 
-video.open_source = lambda spec, **_: Camera()
+live.open_source = lambda spec, **_: Camera()
 main()
 """
 
@@ -655,7 +656,7 @@ def test_sigterm_stops_the_server_and_the_camera_cleanly(tiny_model):
 
 def test_cifar_serve_until_sigterm(tiny_model):
     proc, port = start_serving("--model", str(tiny_model), "--port", "0",
-                               script="from runtime.serve_cli import main; main()")
+                               script="from runtime.cli.serve import main; main()")
     try:
         status, info = get_json(None, "/api/info", port=port)
         assert status == 200 and info["live"] is False and "tiny_contract.onnx" in info["model"]
@@ -670,7 +671,7 @@ def test_cifar_serve_until_sigterm(tiny_model):
 
 
 def test_serving_loads_no_opencv(tiny_model):
-    code = ("import sys\nfrom runtime.web import ServeConfig, WebServer\nfrom runtime.classifier import Classifier\n"
+    code = ("import sys\nfrom runtime.web import ServeConfig, WebServer\nfrom runtime.model.classifier import Classifier\n"
             f"s = WebServer(Classifier({str(tiny_model)!r}), ServeConfig(port=0), live=True).start()\n"
             "s.close()\nassert 'cv2' not in sys.modules, 'cv2 loaded'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

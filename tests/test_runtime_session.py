@@ -1,18 +1,25 @@
-"""runtime.session (the one onnxruntime session factory) and runtime.contract.ModelMetadata
+"""runtime.model.session (the one onnxruntime session factory) and runtime.model.contract.ModelMetadata
 (the one metadata reader): their messages, on the command line and from Python."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-
-from runtime.cli import main
-from runtime.contract import (HOW_TO_EXPORT, KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE,
-                              CIFAR10_CLASSES, InputContract, ModelMetadata)
-from runtime.errors import ModelError, ProviderError
-from runtime.session import IN_MEMORY, create_session, model_metadata
 from helpers import one_error_line
 from runtime_models import metadata, solid
+
+from runtime.cli.run import main
+from runtime.errors import ModelError, ProviderError
+from runtime.model.contract import (
+    CIFAR10_CLASSES,
+    HOW_TO_EXPORT,
+    KEY_CLASS_NAMES,
+    KEY_INPUT,
+    KEY_PROVENANCE,
+    InputContract,
+    ModelMetadata,
+)
+from runtime.model.session import IN_MEMORY, create_session, model_metadata
 
 
 def run(*args):
@@ -94,9 +101,9 @@ def test_threads_are_set_and_checked(tiny_model):
 @pytest.mark.filterwarnings("ignore:Specified provider:UserWarning")
 def test_no_silent_fallback_to_the_cpu(tiny_model, monkeypatch):
     """onnxruntime runs on the CPU when the first provider cannot start; we refuse."""
-    import runtime.session
+    import runtime.model.session
 
-    monkeypatch.setattr(runtime.session, "resolve",
+    monkeypatch.setattr(runtime.model.session, "resolve",
                         lambda name: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(ProviderError, match="'cuda' failed to initialise .*fell back to cpu"):
         create_session(tiny_model, provider="cuda")

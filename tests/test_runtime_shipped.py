@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import REAL_DATA, REPO, requires_real_data
 
 ASSETS = REPO / "runtime" / "assets"
@@ -21,7 +20,7 @@ requires_bundle = pytest.mark.skipif(not (ASSETS / "model.onnx").is_file(),
 
 
 def _probabilities(model_path, x) -> np.ndarray:
-    from runtime.classifier import Classifier
+    from runtime.model.classifier import Classifier
 
     clf = Classifier(model_path, provider="cpu")
     return np.concatenate([clf.run(x[i:i + 1000])[0] for i in range(0, len(x), 1000)])
@@ -39,7 +38,7 @@ def test_split():
 @pytest.fixture(scope="module")
 def figures(test_split):
     """Accuracy and calibration of each shipped file on the full test split, through the runtime."""
-    from runtime.calibration import calibration
+    from runtime.model.confidence import calibration
 
     x, y = test_split
     files = {"fp32": ASSETS / "model.onnx", "int8": ASSETS / "model-int8.onnx", "fp32+flip": SHIPPED / "model-flip.onnx"}
@@ -102,7 +101,7 @@ SHIPPED_ONNX = sorted([*ASSETS.glob("*.onnx"), *SHIPPED.glob("*.onnx")])
 @requires_bundle
 @pytest.mark.parametrize("path", SHIPPED_ONNX, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_file_passes_its_self_check_here(path):
-    from runtime.classifier import Classifier
+    from runtime.model.classifier import Classifier
 
     result = Classifier(path, provider="cpu").self_check  # refused (SelfCheckError) if it fails
     assert result.status == "passed" and result.images == 8 and result.labels_differ == 0, result
@@ -118,7 +117,7 @@ def test_bundled_model_size_and_parameters():
 @requires_bundle
 def test_cifar_run_with_no_arguments_gets_the_samples_right():
     env = {k: v for k, v in os.environ.items() if k != "CIFAR_EDGE_ASSETS"}
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "--json"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli.run", "--json"], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""runtime.video and cifar-run --camera: fake and file sources, a source that stops
+"""runtime.camera.sources and cifar-run --camera: fake and file sources, a source that stops
 mid-stream, the overlay, the saved video, and clean shutdown on SIGTERM."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 cv2 = pytest.importorskip("cv2")
 
-from runtime import video  # noqa: E402
-from runtime.classifier import Classifier  # noqa: E402
-from runtime.cli import main  # noqa: E402
+from runtime.camera import loop, outputs, sources  # noqa: E402
+from runtime.cli.run import main  # noqa: E402
 from runtime.errors import SourceError  # noqa: E402
+from runtime.model.classifier import Classifier  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RED_BGR, BLUE_BGR, GREEN_BGR = (0, 0, 255), (255, 0, 0), (0, 255, 0)
@@ -93,42 +93,42 @@ def test_centre_square_is_classified(clf):
     # Red centre with blue side bars: the centre square sees only red.
     f = frame(BLUE_BGR, 180, 60)
     f[:, 60:120] = RED_BGR
-    results = list(video.classify_stream(FakeSource([f]), clf))
+    results = list(loop.classify_stream(FakeSource([f]), clf))
     assert len(results) == 1
     assert results[0].box == (60, 0, 120, 60) and results[0].label == "airplane"
-    full = list(video.classify_stream(FakeSource([f]), clf, full_frame=True))
+    full = list(loop.classify_stream(FakeSource([f]), clf, full_frame=True))
     assert full[0].box is None and full[0].label == "bird"  # two thirds blue when stretched
 
 
 def test_bounds_and_stop(clf):
     frames = [frame(RED_BGR)] * 20
-    assert len(list(video.classify_stream(FakeSource(frames), clf, max_frames=5))) == 5
+    assert len(list(loop.classify_stream(FakeSource(frames), clf, max_frames=5))) == 5
     stop = threading.Event()
     got = []
-    for r in video.classify_stream(FakeSource(frames), clf, stop=stop):
+    for r in loop.classify_stream(FakeSource(frames), clf, stop=stop):
         got.append(r)
         if r.index == 2:
             stop.set()
     assert len(got) == 3
     endless = FakeSource([frame(RED_BGR)] * 10_000)
     t0 = time.monotonic()
-    list(video.classify_stream(endless, clf, duration_s=0.2))
+    list(loop.classify_stream(endless, clf, duration_s=0.2))
     assert time.monotonic() - t0 < 2.0
 
 
 def test_smoothing_and_uncertain(clf):
     frames = [frame(RED_BGR)] * 3 + [frame(BLUE_BGR)]
-    raw = list(video.classify_stream(FakeSource(frames), clf))
-    smooth = list(video.classify_stream(FakeSource(frames), clf, smooth=4))
+    raw = list(loop.classify_stream(FakeSource(frames), clf))
+    smooth = list(loop.classify_stream(FakeSource(frames), clf, smooth=4))
     assert raw[-1].label == "bird" and smooth[-1].label == "airplane"  # 3 red vs 1 blue
     np.testing.assert_allclose(smooth[-1].prediction.probabilities,
                                np.mean([r.prediction.probabilities for r in raw], axis=0), atol=1e-6)
-    unsure = list(video.classify_stream(FakeSource([frame((128, 128, 128))]), clf,
+    unsure = list(loop.classify_stream(FakeSource([frame((128, 128, 128))]), clf,
                                         min_confidence=0.9))
-    assert unsure[0].label == video.UNCERTAIN
+    assert unsure[0].label == loop.UNCERTAIN
     d = unsure[0].to_dict()
     assert d["label"] == "uncertain" and {"infer_ms", "fps", "top_k"} <= set(d)
-    from runtime.annotate import UNCERTAIN_RGB, caption
+    from runtime.image.draw import UNCERTAIN_RGB, caption
 
     text, rgb = unsure[0].overlay_lines()[0]  # the frame's overlay words it as images and the stream do
     assert (text, rgb) == (caption(unsure[0].prediction, min_confidence=0.9), UNCERTAIN_RGB)
@@ -137,7 +137,7 @@ def test_smoothing_and_uncertain(clf):
 
 def test_live_source_reconnects(clf):
     src = FakeSource([frame(RED_BGR)] * 3, live=True, after_reopen=[frame(BLUE_BGR)] * 2)
-    results = list(video.classify_stream(src, clf, reconnect=2, backoff_s=0.01, max_frames=5))
+    results = list(loop.classify_stream(src, clf, reconnect=2, backoff_s=0.01, max_frames=5))
     assert [r.label for r in results] == ["airplane"] * 3 + ["bird"] * 2
     assert src.reopens == 1
 
@@ -146,14 +146,14 @@ def test_live_source_that_stops_gives_a_clear_error(clf):
     src = FakeSource([frame(RED_BGR)] * 3, live=True, reopen_fails=True)
     seen = []
     with pytest.raises(SourceError, match="stopped delivering frames.*3 reconnect"):
-        for r in video.classify_stream(src, clf, reconnect=3, backoff_s=0.01):
+        for r in loop.classify_stream(src, clf, reconnect=3, backoff_s=0.01):
             seen.append(r)
     assert len(seen) == 3 and src.reopens == 3
 
 
 def test_video_file_ends_without_reconnect(clf):
     src = FakeSource([frame(RED_BGR)] * 4, live=False)
-    assert len(list(video.classify_stream(src, clf, reconnect=5))) == 4
+    assert len(list(loop.classify_stream(src, clf, reconnect=5))) == 4
     assert src.reopens == 0
 
 
@@ -172,7 +172,7 @@ def test_latest_frame_reader_drops_old_frames():
         def release(self):
             pass
 
-    reader = video.LatestFrameReader(Counter(), timeout_s=1.0)
+    reader = sources.LatestFrameReader(Counter(), timeout_s=1.0)
     first = reader.read()
     time.sleep(0.1)  # a slow consumer: many frames arrive meanwhile
     second = reader.read()
@@ -187,15 +187,15 @@ def test_latest_frame_reader_drops_old_frames():
 
 def test_annotate_frame_is_pure(clf):
     f = frame(RED_BGR, 160, 120)
-    result = next(video.classify_stream(FakeSource([f]), clf))
+    result = next(loop.classify_stream(FakeSource([f]), clf))
     before = f.copy()
-    out = video.annotate_frame(f, result)
+    out = outputs.annotate_frame(f, result)
     assert np.array_equal(f, before) and out.shape == f.shape and not np.array_equal(out, f)
     assert tuple(out[60, 20]) == (0, 255, 0)  # the box's left edge at x=20
 
 
 def test_video_saver(tmp_path):
-    with video.VideoSaver(tmp_path / "a.mp4", fps=10) as saver:
+    with outputs.VideoSaver(tmp_path / "a.mp4", fps=10) as saver:
         for _ in range(5):
             saver.write(frame(RED_BGR))
         saver.write(frame(RED_BGR, 40, 30))  # resized to the first frame's size
@@ -203,15 +203,15 @@ def test_video_saver(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (tmp_path / "a.mp4").stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any file, not 0600
-    empty = video.VideoSaver(tmp_path / "b.avi")
+    empty = outputs.VideoSaver(tmp_path / "b.avi")
     assert empty.close() is None and not (tmp_path / "b.avi").exists()
     assert not list(tmp_path.glob(".*"))  # temp files gone
     with pytest.raises(SourceError, match="suffix"):
-        video.VideoSaver(tmp_path / "c.gif")
+        outputs.VideoSaver(tmp_path / "c.gif")
 
 
 def test_file_source_reads_every_frame(clip):
-    src = video.open_source(str(clip))
+    src = sources.open_source(str(clip))
     assert not src.live and src.fps == pytest.approx(30.0)
     n = 0
     while src.read() is not None:
@@ -222,12 +222,12 @@ def test_file_source_reads_every_frame(clip):
 
 def test_sources_that_cannot_open(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
-        video.open_source(str(tmp_path / "nope.mp4"))
+        sources.open_source(str(tmp_path / "nope.mp4"))
     (tmp_path / "junk.mp4").write_bytes(b"not a video")
     with pytest.raises(SourceError, match="junk.mp4"):
-        video.open_source(str(tmp_path / "junk.mp4"))
-    assert video.is_live("0") and video.is_live("rtsp://cam/stream") and video.is_live("/dev/video0")
-    assert video.is_live("v4l2src ! videoconvert ! appsink") and not video.is_live("clip.mp4")
+        sources.open_source(str(tmp_path / "junk.mp4"))
+    assert sources.is_live("0") and sources.is_live("rtsp://cam/stream") and sources.is_live("/dev/video0")
+    assert sources.is_live("v4l2src ! videoconvert ! appsink") and not sources.is_live("clip.mp4")
 
 
 # -- cifar-run --camera -------------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_cli_camera_rejects_sources_and_grid(tiny_model, clip):
 def test_signal_stops_cleanly_and_leaves_a_playable_video(tiny_model, tmp_path, sig):
     src = write_video(tmp_path / "long.mp4", 300)  # 10 s at 30 fps with --realtime
     out = tmp_path / "out.mp4"
-    code = "from runtime.cli import main; main()"
+    code = "from runtime.cli.run import main; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--camera", str(src), "--model", str(tiny_model),
          "--headless", "--realtime", "--save", str(out)],
@@ -293,7 +293,7 @@ def test_missing_camera_is_one_line_without_opencv_warnings(tiny_model):
     if Path("/dev/video9").exists():
         pytest.skip("this machine has a /dev/video9")
     proc = subprocess.run(
-        [sys.executable, "-c", "from runtime.cli import main; main()", "--camera", "9",
+        [sys.executable, "-c", "from runtime.cli.run import main; main()", "--camera", "9",
          "--model", str(tiny_model), "--headless"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1, proc.stderr
@@ -308,7 +308,7 @@ def test_opening_restores_opencv_log_level():
     log.setLogLevel(log.LOG_LEVEL_WARNING)
     try:
         with pytest.raises(SourceError, match="cannot open camera '9'"):
-            video.OpenCVSource("9")
+            sources.OpenCVSource("9")
         assert log.getLogLevel() == log.LOG_LEVEL_WARNING
     finally:
         log.setLogLevel(before)
@@ -319,5 +319,5 @@ def test_smoothed_prediction_keeps_onnxruntime_time(clf):
     stays onnxruntime time alone, smoothed or not."""
     frames = [frame(RED_BGR, 640, 480)] * 3
     for smooth in (1, 3):
-        for r in video.classify_stream(FakeSource(frames), clf, smooth=smooth):
+        for r in loop.classify_stream(FakeSource(frames), clf, smooth=smooth):
             assert 0 < r.prediction.infer_ms < r.infer_ms

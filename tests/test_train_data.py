@@ -7,9 +7,9 @@ import tarfile
 
 import numpy as np
 import pytest
+from helpers import CLASSES, make_images, write_folder_dataset
 from PIL import Image
 
-from helpers import CLASSES, make_images, write_folder_dataset
 from runtime.errors import DataError
 from train.data import load_cifar10, take_slice
 
@@ -120,7 +120,7 @@ def test_truncated_jpeg_named(tmp_path):
 
 
 def test_other_image_sizes_are_prepared_like_the_runtime(folder_dataset):
-    from runtime.preprocess import prepare
+    from runtime.image.preprocess import prepare
 
     odd = folder_dataset / "train" / "ship" / "0008.png"
     Image.new("RGB", (64, 48), (200, 30, 10)).save(odd)

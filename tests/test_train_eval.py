@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import requires_tf
 
-from runtime.calibration import ECE_BINS, calibration, reliability
+from runtime.model.confidence import ECE_BINS, calibration, reliability
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ECE_LINE = re.compile(r"^confidence (\d\.\d{3}) mean top-1; ECE (\d\.\d{3}) \((\d+) bins\); NLL (\d+\.\d{3})$",

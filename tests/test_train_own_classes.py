@@ -10,12 +10,19 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import (
+    OWN_CLASSES,
+    make_images,
+    one_error_line,
+    requires_tf,
+    write_folder_dataset,
+    write_own_classes,
+)
 from PIL import Image
 
-from helpers import OWN_CLASSES, make_images, one_error_line, requires_tf, write_folder_dataset, write_own_classes
-from runtime.contract import CIFAR10_CLASSES, InputContract
 from runtime.errors import DataError
-from runtime.preprocess import load_image, prepare
+from runtime.image.preprocess import load_image, prepare
+from runtime.model.contract import CIFAR10_CLASSES, InputContract
 from train.data import load_dataset
 
 SORTED = tuple(sorted(OWN_CLASSES))  # ("cat", "empty", "parcel"): class index = sorted folder name
@@ -206,7 +213,7 @@ def test_the_run_records_classes_size_and_split(own_run):
 @requires_tf
 def test_export_carries_the_names_and_the_input_size(own_run):
     from export import read_metadata
-    from runtime.contract import KEY_CLASS_NAMES, KEY_INPUT
+    from runtime.model.contract import KEY_CLASS_NAMES, KEY_INPUT
 
     data, run, layout, size = own_run
     report = json.loads((run / "model.parity.json").read_text())
@@ -222,7 +229,7 @@ def test_export_carries_the_names_and_the_input_size(own_run):
 
 @requires_tf
 def test_cifar_run_labels_with_the_new_names(own_run, tmp_path):
-    from runtime.cli import main as run_main
+    from runtime.cli.run import main as run_main
 
     data, run, layout, size = own_run
     photo = tmp_path / "new.png"  # a size the model never saw

@@ -10,7 +10,7 @@ import time
 
 import click
 
-from runtime.cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 from runtime.errors import OptionError
 
 from .config import AUTO_BATCH_MAX, FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig

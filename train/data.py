@@ -3,8 +3,8 @@ Keras' downloader.
 
 Every loader returns an ``ImageDataset``: (N, S, S, 3) uint8 RGB images at the model's input
 size S (32 unless asked) and (N,) int labels. Folders (``train.folders``) go through
-``runtime.preprocess.prepare``, the one preprocessing path the runtime uses too, once, and are
-cached; CIFAR-10's arrays are resized through ``runtime.preprocess.prepare_array`` when S is
+``runtime.image.preprocess.prepare``, the one preprocessing path the runtime uses too, once, and are
+cached; CIFAR-10's arrays are resized through ``runtime.image.preprocess.prepare_array`` when S is
 not 32.
 """
 
@@ -19,10 +19,10 @@ from typing import Callable, Collection
 
 import numpy as np
 
-from runtime.contract import CIFAR10_CLASSES, InputContract
 from runtime.errors import DataError
-from runtime.preprocess import prepare_array
-from runtime.providers import cache_root
+from runtime.image.preprocess import prepare_array
+from runtime.model.contract import CIFAR10_CLASSES, InputContract
+from runtime.model.providers import cache_root
 
 from .folders import SPLITS, decode_split, list_folder, warn_duplicates
 from .runfolder import read_config

@@ -16,17 +16,16 @@ from typing import Callable
 import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
-from runtime.batching import predict_in_batches
-from runtime.calibration import ECE_BINS, Bin
-from runtime.calibration import calibration as calibration_of
-from runtime.calibration import reliability as reliability_of
-from runtime.calibration import selective as selective_of
 from runtime.errors import ModelError
+from runtime.model.batching import predict_in_batches
+from runtime.model.confidence import ECE_BINS, Bin
+from runtime.model.confidence import calibration as calibration_of
+from runtime.model.confidence import reliability as reliability_of
+from runtime.model.confidence import selective as selective_of
 
 from .data import ImageDataset, load_for_model, take_slice
 from .models import load_keras_model
 from .progress import progress_bar
-
 
 LABELLED_CLASSES = 20  # the confusion matrix names classes and prints counts up to this many
 
@@ -40,7 +39,7 @@ class EvalReport:
     per_class: dict[str, dict[str, float]]  # class → precision, recall, f1, support
     confusion: list[list[int]]  # [true][predicted]
     class_names: list[str]
-    calibration: dict = field(default_factory=dict)  # runtime.calibration.Calibration.to_dict()
+    calibration: dict = field(default_factory=dict)  # runtime.model.confidence.Calibration.to_dict()
     reliability: list[dict] = field(default_factory=list)  # its ECE bins: low, high, count, confidence, accuracy
     # What --min-confidence t keeps: threshold, coverage (share labelled), accuracy of those.
     selective: list[dict] = field(default_factory=list)
@@ -80,7 +79,7 @@ def load_model(model_path: Path) -> LoadedModel:
         return LoadedModel(lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float32),
                            int(model.inputs[0].shape[1]), None)
     if suffix == ".onnx":
-        from runtime.classifier import Classifier
+        from runtime.model.classifier import Classifier
 
         classifier = Classifier(model_path)
         return LoadedModel(lambda batch: classifier.run(batch)[0], classifier.contract.height,
@@ -238,7 +237,7 @@ def plot_grid(images_rgb: np.ndarray, y_true: np.ndarray, probs: np.ndarray, cla
 
 
 def plot_reliability(bins: list[dict] | list[Bin], path: Path, title: str = "Reliability diagram"):
-    """The reliability diagram of ``bins`` (``EvalReport.reliability`` or runtime.calibration's
+    """The reliability diagram of ``bins`` (``EvalReport.reliability`` or runtime.model.confidence's
     ``Bin``): above, each bin's accuracy as a bar over its confidence range, beside the diagonal a
     calibrated model would follow, the gap from the bin's mean confidence to its accuracy hatched
     in red, ECE in the title; below, how many images fall in each bin. Empty bins are not drawn."""

@@ -21,16 +21,24 @@ from typing import Callable, Sequence
 import numpy as np
 
 from runtime.atomic import atomic_path, atomic_write
-from runtime.contract import CIFAR10_CLASSES
 from runtime.errors import CifarEdgeError
+from runtime.model.contract import CIFAR10_CLASSES
 
 from . import budget, multiworker, runfolder
 from .augment import augment_epoch, augmented_epoch
 from .average import average_tail, snapshot_path
 from .config import AUTO_BATCH_MAX, TrainConfig
 from .data import ImageDataset, check_data_path, load_dataset, recorded_test_files, take_slice
-from .models import (as_float32, build_model, check_init, copy_features, load_keras_model, precision_reason,
-                     resolve_precision, save_keras_model)
+from .models import (
+    as_float32,
+    build_model,
+    check_init,
+    copy_features,
+    load_keras_model,
+    precision_reason,
+    resolve_precision,
+    save_keras_model,
+)
 from .optim import BiasScaledSGD, OneCycle
 from .progress import plural, progress_bar
 from .quiet_import import import_keras

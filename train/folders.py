@@ -2,7 +2,7 @@
 cut into train and test by a fixed stratified rule. Any class names (2 to 1,000), any image
 size, any format the runtime reads.
 
-Every image goes once through ``runtime.preprocess.prepare``, the runtime's one preprocessing
+Every image goes once through ``runtime.image.preprocess.prepare``, the runtime's one preprocessing
 path (decode, upright RGB, centre-crop, resize to the model's input size); the arrays are
 cached as .npy files keyed by the file list, sizes, mtimes and the input size, so the next run
 starts at once. Bad data is one DataError naming the path.
@@ -23,9 +23,9 @@ from typing import Callable, Collection
 import numpy as np
 
 from runtime.atomic import atomic_write
-from runtime.contract import InputContract
 from runtime.errors import DataError, ImageError
-from runtime.preprocess import IMAGE_SUFFIXES, prepare
+from runtime.image.preprocess import IMAGE_SUFFIXES, prepare
+from runtime.model.contract import InputContract
 
 from .progress import progress_bar
 

@@ -6,7 +6,7 @@ upload that classifies any image; ``cifar-run --camera SRC --serve PORT`` and ``
 are its commands. No OpenCV here: frames are drawn and encoded with Pillow.
 """
 
-from .config import ServeConfig, is_loopback, parse_address
+from runtime.web.config import ServeConfig, is_loopback, parse_address
 
 __all__ = ["ServeConfig", "ServeError", "WebServer", "is_loopback", "parse_address"]
 
@@ -15,7 +15,7 @@ def __getattr__(name: str):
     # The server (http.server and the page code, ~40 ms of imports) loads when it is first
     # used, so the commands that only read a constant of the config (--token's help) start fast.
     if name in ("ServeError", "WebServer"):
-        from . import server
+        from runtime.web import server
 
         return getattr(server, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Mapping
 from urllib.parse import parse_qs
 
-from .config import LOOPBACK_NAMES, ServeConfig
+from runtime.web.config import LOOPBACK_NAMES, ServeConfig
 
 
 @dataclass(frozen=True)

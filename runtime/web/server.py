@@ -24,16 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
-from ..errors import CifarEdgeError
-from . import pages, uploads
-from .auth import Access, display_urls
-from .config import ServeConfig
-from .stream import FrameHub, TooManyViewers
-from .uploads import RequestError
+from runtime.errors import CifarEdgeError
+from runtime.web import pages, uploads
+from runtime.web.auth import Access, display_urls
+from runtime.web.config import ServeConfig
+from runtime.web.stream import FrameHub, TooManyViewers
+from runtime.web.uploads import RequestError
 
 if TYPE_CHECKING:
-    from ..classifier import Classifier
-    from ..video import FrameResult
+    from runtime.camera.loop import FrameResult
+    from runtime.model.classifier import Classifier
 
 # A strict policy: nothing but this server's own files; pictures also from blob: (a file the
 # page shows before uploading it) and data: (thumbnails on the no-JavaScript results page).
@@ -358,7 +358,7 @@ class WebServer:
     ``publish`` from the camera loop.
 
     >>> with WebServer(clf, ServeConfig(port=8000), live=True, log=print) as server:
-    ...     for result in video.classify_stream(source, clf):
+    ...     for result in loop.classify_stream(source, clf):
     ...         server.publish(result)
     """
 

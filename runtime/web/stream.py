@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..annotate import BAND_RGB, BOX_RGB, font
+from runtime.image.draw import BAND_RGB, BOX_RGB, font
 
 if TYPE_CHECKING:
-    from ..video import FrameResult
+    from runtime.camera.loop import FrameResult
 
 
 class TooManyViewers(Exception):

@@ -16,8 +16,8 @@ from http import HTTPStatus
 
 from PIL import ExifTags, Image
 
-from .. import preprocess
-from ..errors import CifarEdgeError, ImageError
+from runtime.errors import CifarEdgeError, ImageError
+from runtime.image import preprocess
 
 FIELD = "image"  # the multipart field the form and the API use
 # Besides image/*, the types of a body that is one image: curl --data-binary sends the third.

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import click
 
-from .cli_support import SignalStop, auth_options, load_classifier, run_cli, traceback_option, trust_options
-from .errors import ExitCode
-from .providers import PROVIDER_HELP
+from runtime.cli.common import auth_options, load_classifier, run_cli, traceback_option, trust_options
+from runtime.errors import ExitCode
+from runtime.model.providers import PROVIDER_HELP
+from runtime.signals import SignalStop
 
 PROG = "cifar-serve"
 
@@ -56,7 +57,7 @@ def main(model, host, port, token, no_auth, provider, threads, top_k, no_verify,
         click.echo(f"{PROG}: {message}", err=True)
 
     def body() -> int:
-        from .web import ServeConfig, WebServer
+        from runtime.web import ServeConfig, WebServer
 
         config = ServeConfig(host=host, port=port, token=token, auth=not no_auth)
         clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, note)

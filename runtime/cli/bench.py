@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import click
 
-from .cli_support import run_cli, traceback_option
-from .providers import PROVIDER_HELP
+from runtime.cli.common import run_cli, traceback_option
+from runtime.model.providers import PROVIDER_HELP
 
 PROG = "cifar-bench"
 DEFAULT_FRAMES = 100
@@ -49,8 +49,8 @@ DEFAULT_FRAMES = 100
 def main(models, data, provider, threads, batches, runs, max_seconds, fmt, camera, frames,
          show_traceback):
     def body() -> int:
-        from .bench import BenchConfig, benchmark, parse_batches
-        from .errors import OptionError
+        from runtime.bench.measure import BenchConfig, benchmark, parse_batches
+        from runtime.errors import OptionError
 
         if frames is not None and camera is None:
             raise OptionError("--frames needs --camera SRC")

@@ -4,9 +4,9 @@ Per model: file size, session load time, time per call through ``Classifier`` an
 onnxruntime's ``session.run`` alone (both, so the cost around the model shows), throughput,
 peak resident memory, accuracy on a folder's test split, and the camera loop stage by stage.
 
-``benchmark_model`` runs each model in a child process of its own (``python -m runtime.bench``)
+``benchmark_model`` runs each model in a child process of its own (``python -m runtime.bench.measure``)
 so that its peak memory is its alone; ``benchmark`` does every model and says what the machine
-is (``runtime.bench_report`` formats the result). cifar-bench (``runtime.bench_cli``) prints it.
+is (``runtime.bench.report`` formats the result). cifar-bench (``runtime.cli.bench``) prints it.
 """
 
 from __future__ import annotations
@@ -24,12 +24,23 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import bundled, errors, inputs, preprocess
-from .bench_report import APIS, STAGES, BenchConfig, BenchReport, BenchResult, CameraResult, Machine, Timing
-from .errors import CifarEdgeError, DataError, ModelError, OptionError
+from runtime import errors
+from runtime.bench.report import (
+    APIS,
+    STAGES,
+    BenchConfig,
+    BenchReport,
+    BenchResult,
+    CameraResult,
+    Machine,
+    Timing,
+)
+from runtime.errors import CifarEdgeError, DataError, ModelError, OptionError
+from runtime.image import inputs, preprocess
+from runtime.model import bundled
 
 CHILD_GRACE_S = 120.0  # s a child may run past --max-seconds (imports, a slow Pi) before it is killed
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # on the child's path, installed or not
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # on the child's path, installed or not
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -193,18 +204,18 @@ def _accuracy(clf, config: BenchConfig, budget: _Budget, notes: list[str]) -> di
 def _camera(clf, config: BenchConfig, budget: _Budget, notes: list[str]) -> CameraResult:
     """The camera loop as ``cifar-run --camera SRC --headless --save`` runs it, timed by stage:
     capture (read and decode), preprocess, inference, overlay, encode (into a temporary video)."""
-    from . import video
+    from runtime.camera import loop, outputs, sources
 
-    source = video.open_source(config.camera)
+    source = sources.open_source(config.camera)
     per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
     with tempfile.TemporaryDirectory(prefix="cifar-bench-") as tmp:
-        saver = video.VideoSaver(Path(tmp) / "bench.mp4", fps=getattr(source, "fps", None) or 30.0)
+        saver = outputs.VideoSaver(Path(tmp) / "bench.mp4", fps=getattr(source, "fps", None) or 30.0)
         started = time.perf_counter()
         try:
-            for result in video.classify_stream(source, clf, max_frames=config.frames,
+            for result in loop.classify_stream(source, clf, max_frames=config.frames,
                                                 duration_s=budget.left()):
                 t0 = time.perf_counter()
-                annotated = video.annotate_frame(result.frame_bgr, result)
+                annotated = outputs.annotate_frame(result.frame_bgr, result)
                 t1 = time.perf_counter()
                 saver.write(annotated)
                 t2 = time.perf_counter()
@@ -232,8 +243,8 @@ def measure_model(model: str | os.PathLike, config: BenchConfig = BenchConfig(),
     does nothing else (``benchmark_model`` runs this in a child process that does not)."""
     import onnxruntime  # noqa: F401  imported before the clock and the baseline memory
 
-    from .classifier import Classifier
-    from .selfcheck import FAILED, run_check
+    from runtime.model.classifier import Classifier
+    from runtime.model.selfcheck import FAILED, run_check
 
     path = Path(model)
     budget = _Budget(config.max_seconds)
@@ -273,7 +284,7 @@ def benchmark_model(model: str | os.PathLike, config: BenchConfig = BenchConfig(
         return measure_model(model, config)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-m", "runtime.bench", os.fspath(model), json.dumps(asdict(config))]
+    command = [sys.executable, "-m", "runtime.bench.measure", os.fspath(model), json.dumps(asdict(config))]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, env=env,
                               timeout=config.max_seconds + CHILD_GRACE_S)
@@ -315,7 +326,7 @@ def benchmark(models: Iterable[str | os.PathLike] = (), config: BenchConfig = Be
 
 
 def _child_main(argv: list[str]) -> int:
-    """``python -m runtime.bench MODEL CONFIG_JSON``: one JSON line, the result or the error."""
+    """``python -m runtime.bench.measure MODEL CONFIG_JSON``: one JSON line, the result or the error."""
     model, config_json = argv
     try:
         reply = {"result": measure_model(model, BenchConfig.from_dict(json.loads(config_json)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_support import run_cli, traceback_option
+from runtime.cli.common import run_cli, traceback_option
 
 PROG = "cifar-doctor"
 
@@ -30,7 +30,7 @@ PROG = "cifar-doctor"
 @traceback_option
 def main(as_json, model, provider, show_traceback):
     def body() -> int:
-        from .doctor import exit_code, report_json, report_text, run_checks
+        from runtime.doctor import exit_code, report_json, report_text, run_checks
 
         checks = run_checks(model=model, provider=provider)
         click.echo(report_json(checks) if as_json else report_text(checks))

@@ -5,7 +5,7 @@ ONNX file against the Keras model). Whether another machine computes the same fu
 different question: onnxruntime picks its kernels by CPU, and on x86 CPUs without VNNI its
 u8s8 INT8 kernels saturate (a file right on the export machine labelled half the test split
 wrong there). So the export writes a few of its parity images (uint8 RGB, as
-``runtime.preprocess`` gives them) and the file's own answers for them into the file
+``runtime.image.preprocess`` gives them) and the file's own answers for them into the file
 (``KEY_SELF_CHECK``), and ``Classifier`` runs them once when it loads: one batch of eight
 images, a few milliseconds. Answers further than the file's tolerance from the exported ones,
 or with another top-1 label, mean this machine does not run the model that was checked.
@@ -26,8 +26,8 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from .contract import KEY_PARITY, KEY_SELF_CHECK, InputContract, ModelMetadata
-from .errors import ModelError
+from runtime.errors import ModelError
+from runtime.model.contract import KEY_PARITY, KEY_SELF_CHECK, InputContract, ModelMetadata
 
 FORMAT = 1
 MAX_IMAGES = 8  # one batch: enough to catch a wrong kernel, cheap enough to run at every load
@@ -53,7 +53,7 @@ PASSED, FAILED, ABSENT, SKIPPED = "passed", "failed", "absent", "skipped"
 class SelfCheckVectors:
     """Reference inputs and answers, as the export writes them into ``KEY_SELF_CHECK``."""
 
-    images_hwc: np.ndarray  # (N, H, W, 3) uint8 RGB raw pixels, what runtime.preprocess gives
+    images_hwc: np.ndarray  # (N, H, W, 3) uint8 RGB raw pixels, what runtime.image.preprocess gives
     expected: np.ndarray  # (N, K) float32: this file's answers on the machine that exported it
     reference: np.ndarray  # (N, K) float32: the reference model's (Keras), same temperature and views
     tolerance: float  # largest |Δp| against ``expected`` that still passes
@@ -119,7 +119,7 @@ def this_machine() -> dict:
     """Where answers are computed: CPU model and flags, onnxruntime version."""
     import onnxruntime
 
-    from .cpu import cpu_features
+    from runtime.cpu import cpu_features
 
     cpu = cpu_features()
     return {"cpu": cpu.model, "arch": cpu.arch, "flags": list(cpu.flags), "onnxruntime": onnxruntime.__version__}
@@ -214,7 +214,7 @@ class FailedParityError(ModelError):
 
 
 def _cpu_phrase() -> str:
-    from .cpu import cpu_features
+    from runtime.cpu import cpu_features
 
     cpu = cpu_features()
     int8 = ", ".join(cpu.int8_flags) or ("no VNNI" if cpu.arch == "x86_64" else "no dot-product")

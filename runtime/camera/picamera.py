@@ -18,7 +18,7 @@ from concurrent import futures
 
 import numpy as np
 
-from .errors import SourceError
+from runtime.errors import SourceError
 
 DEFAULT_SIZE = (640, 480)  # (width, height): the centre square is resized to 32x32 anyway
 MAIN_FORMAT = "RGB888"  # B,G,R in memory (see below): frame_bgr as delivered, no conversion

@@ -1,7 +1,7 @@
 """``Classifier``: a cifar-edge ONNX model in onnxruntime, described by its own metadata.
 
-The model carries its class names and input contract (see ``runtime.contract``); the
-classifier reads them, feeds the model exactly what ``runtime.preprocess`` produces (raw
+The model carries its class names and input contract (see ``runtime.model.contract``); the
+classifier reads them, feeds the model exactly what ``runtime.image.preprocess`` produces (raw
 0-255 float32 NHWC; scaling is inside the graph) and returns top-k labels.
 """
 
@@ -17,13 +17,13 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from . import preprocess
-from .batching import predict_in_batches
-from .calibration import softmax
-from .errors import CifarEdgeError, ImageError, ModelError
-from .providers import short_name
-from .selfcheck import FAILED, SKIPPED, SelfCheckResult, check_parity_verdict, refusal, run_check
-from .session import create_session, model_metadata
+from runtime.errors import CifarEdgeError, ImageError, ModelError
+from runtime.image import preprocess
+from runtime.model.batching import predict_in_batches
+from runtime.model.confidence import softmax
+from runtime.model.providers import short_name
+from runtime.model.selfcheck import FAILED, SKIPPED, SelfCheckResult, check_parity_verdict, refusal, run_check
+from runtime.model.session import create_session, model_metadata
 
 DISPLAY_SIZE = (1024, 1024)  # px: decode size of images kept for annotation (JPEG draft)
 UNCERTAIN = "uncertain"  # shown instead of the label when the top probability is too low
@@ -77,7 +77,7 @@ class Classifier:
     Two checks, each a ModelError saying what failed and the way out: the file's own record
     of its export must not be a failed parity check (``allow_failed=True`` runs it anyway),
     and its self-check images must give the exported answers on this machine
-    (``runtime.selfcheck``; ``verify=False`` skips it). ``self_check`` holds what was found.
+    (``runtime.model.selfcheck``; ``verify=False`` skips it). ``self_check`` holds what was found.
 
     >>> clf = Classifier("model-int8.onnx")
     >>> clf.predict("cat.jpg").label
@@ -132,7 +132,7 @@ class Classifier:
     # -- inference -------------------------------------------------------------------------
 
     def prepare(self, image=None, *, image_rgb=None, frame_bgr=None, resize: str | None = None) -> np.ndarray:
-        """One input -> (H, W, 3) uint8 RGB at the model's size, via ``runtime.preprocess``.
+        """One input -> (H, W, 3) uint8 RGB at the model's size, via ``runtime.image.preprocess``.
 
         ``image`` is a path or a PIL image; arrays must be named: ``image_rgb=`` or
         ``frame_bgr=`` (the colour order is never guessed). ``resize`` overrides the policy.

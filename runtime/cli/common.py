@@ -10,16 +10,14 @@ The options several commands share (--traceback, --no-verify and --allow-failed,
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 import traceback
 from typing import Callable
 
 import click
 
-from .errors import CifarEdgeError, ExitCode
-from .web.config import MIN_TOKEN_LENGTH
+from runtime.errors import CifarEdgeError, ExitCode
+from runtime.web.config import MIN_TOKEN_LENGTH
 
 TOKEN_ENV = "CIFAR_EDGE_TOKEN"
 
@@ -53,9 +51,9 @@ def auth_options(f):
 
 def load_classifier(model: str | None, provider: str, threads: int, top_k: int, no_verify: bool,
                     allow_failed: bool, note: Callable[[str], None]):
-    """The Classifier a command runs: ``model``, or the bundled one (``runtime.bundled``), past
+    """The Classifier a command runs: ``model``, or the bundled one (``runtime.model.bundled``), past
     the checks that --no-verify and --allow-failed waive; ``note`` tells of a fallback."""
-    from . import bundled
+    from runtime.model import bundled
 
     return bundled.load_classifier(model, provider=provider, threads=threads, top_k=top_k, verify=not no_verify,
                                    allow_failed=allow_failed, note=note)
@@ -85,33 +83,3 @@ def run_cli(prog: str, body: Callable[[], int | None], show_traceback: bool = Fa
                    "(run again with --traceback for details)", err=True)
         sys.exit(int(ExitCode.ERROR))
     sys.exit(int(code or 0))
-
-
-class SignalStop:
-    """Between ``install()`` and ``restore()``, SIGINT and SIGTERM set ``event`` instead of
-    raising, so that a long-running command (the camera loop, a server) ends its work in order
-    and finishes what it writes; ``name`` says which signal came (None: none did)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.received: list[int] = []
-        self._previous: dict = {}
-
-    def install(self) -> "SignalStop":
-        self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
-        return self
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def _on_signal(self, signum, _frame) -> None:
-        self.received.append(signum)
-        self.event.set()
-
-    @property
-    def name(self) -> str | None:
-        return signal.Signals(self.received[0]).name if self.received else None

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .errors import ModelError
-from .preprocess import IMAGE_SUFFIXES
+from runtime.errors import ModelError
+from runtime.image.preprocess import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
-    from .classifier import Classifier
+    from runtime.model.classifier import Classifier
 
-PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"
+PACKAGE_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ASSETS_DIR: Path | None = None  # overrides the env var and the package directory when set
 ASSETS_ENV = "CIFAR_EDGE_ASSETS"
 # Preference order: the int8 model is smaller and faster on a Pi; fp32 when it is absent.
@@ -60,11 +60,11 @@ def load_classifier(model: str | os.PathLike | None = None, *, provider: str = "
     """A Classifier on ``model``, or on the first bundled model that passes its self-check here.
 
     The bundled INT8 file is preferred; on a CPU where its answers are not the exported ones
-    (``runtime.selfcheck``), the bundled FP32 file is used instead and ``note`` says why. A
+    (``runtime.model.selfcheck``), the bundled FP32 file is used instead and ``note`` says why. A
     ``model`` the user named is never swapped: its refusal is raised as it is.
     """
-    from .classifier import Classifier
-    from .selfcheck import ABSENT, SelfCheckError
+    from runtime.model.classifier import Classifier
+    from runtime.model.selfcheck import ABSENT, SelfCheckError
 
     def load(path: Path) -> Classifier:
         clf = Classifier(path, provider=provider, threads=threads, top_k=top_k, verify=verify,

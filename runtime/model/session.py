@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Union
 
-from .contract import ModelMetadata
-from .errors import ModelError, ProviderError
-from .providers import PROVIDERS, TensorrtCache, resolve, short_name, with_options
+from runtime.errors import ModelError, ProviderError
+from runtime.model.contract import ModelMetadata
+from runtime.model.providers import PROVIDERS, TensorrtCache, resolve, short_name, with_options
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -68,9 +68,9 @@ def create_session(model: ModelSource, provider: str = "cpu", threads: int = 0, 
     ``provider`` ("cpu", "auto", "cuda", ...) with ``threads`` intra-op threads (0 =
     onnxruntime's default).
 
-    TensorRT caches its engines per model (``runtime.providers.TensorrtCache``; FP16 unless
+    TensorRT caches its engines per model (``runtime.model.providers.TensorrtCache``; FP16 unless
     CIFAR_EDGE_TRT_FP16=0) and ``log`` announces the first build, which takes minutes; CUDA
-    gets ``runtime.providers.CUDA_OPTIONS``.
+    gets ``runtime.model.providers.CUDA_OPTIONS``.
 
     Raises ModelError naming the file when it cannot be loaded, and ProviderError when the
     provider is missing or failed to initialise: onnxruntime would silently fall back to the

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ProviderError
+from runtime.errors import ProviderError
 
 # Short name -> onnxruntime provider name. Order is the preference for "auto": the fastest
 # accelerators first, the CPU always last.

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TextIO
 
-from .errors import DataError, SourceError
-from .preprocess import IMAGE_SUFFIXES
+from runtime.errors import DataError, SourceError
+from runtime.image.preprocess import IMAGE_SUFFIXES
 
 _GLOB_CHARS = set("*?[")
 

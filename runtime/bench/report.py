@@ -1,4 +1,4 @@
-"""What a benchmark was asked (``BenchConfig``) and found (``runtime.bench`` measures), as a human
+"""What a benchmark was asked (``BenchConfig``) and found (``runtime.bench.measure`` measures), as a human
 table, Markdown or JSON.
 
 One column list serves the table and the Markdown alike, so the two never disagree.
@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from .cpu import CpuInfo, cpu_features
-from .errors import OptionError
+from runtime.cpu import CpuInfo, cpu_features
+from runtime.errors import OptionError
 
 APIS = ("classifier", "onnxruntime")  # through Classifier (what a program gets); session.run alone
 STAGES = ("capture", "preprocess", "inference", "overlay", "encode")  # of one camera frame
@@ -103,7 +103,7 @@ class BenchResult:
     camera: CameraResult | None = None
     stopped_early: bool = False  # --max-seconds cut something short; the notes say what
     notes: tuple[str, ...] = ()
-    # runtime.selfcheck.SelfCheckResult.to_dict(): does this machine give the exported answers,
+    # runtime.model.selfcheck.SelfCheckResult.to_dict(): does this machine give the exported answers,
     # and what the check costs at each load (its ms); None in results from before it existed
     self_check: dict | None = None
 
@@ -141,7 +141,7 @@ class Machine:
     def here(cls, provider: str = "auto", threads: int = 0) -> "Machine":
         import onnxruntime
 
-        from .providers import resolve, short_name
+        from runtime.model.providers import resolve, short_name
 
         return cls(cpu_features(), onnxruntime.__version__, short_name(resolve(provider)[0]), threads,
                    platform.python_version(), platform.platform())

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
-from .errors import ModelError
+from runtime.errors import ModelError
 
 FORMAT_VERSION = "1"
 
@@ -26,7 +26,7 @@ KEY_PARITY = "cifar_edge.parity"  # JSON: parity figures measured at export time
 # after; "null" for an uncalibrated file (absent in files exported before calibration existed).
 KEY_CALIBRATION = "cifar_edge.calibration"
 KEY_VIEWS = "cifar_edge.views"  # "single", or "flip": the image and its mirror, logits averaged
-# JSON (runtime.selfcheck.SelfCheckVectors): a few parity images as uint8 and this file's answers
+# JSON (runtime.model.selfcheck.SelfCheckVectors): a few parity images as uint8 and this file's answers
 # for them on the export machine, which every load checks; absent in files exported before it.
 KEY_SELF_CHECK = "cifar_edge.self_check"
 JSON_KEYS = (KEY_CLASS_NAMES, KEY_INPUT, KEY_PROVENANCE, KEY_PARITY, KEY_CALIBRATION, KEY_SELF_CHECK)  # values stored as JSON text

@@ -17,8 +17,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from .contract import InputContract
-from .errors import ImageError
+from runtime.errors import ImageError
+from runtime.model.contract import InputContract
 
 # Refuse images whose pixel count would decompress into gigabytes (a "decompression bomb").
 # 50 Mpx is above any camera a Pi or Jetson user will meet, far below a bomb.

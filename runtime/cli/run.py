@@ -16,20 +16,16 @@ import csv
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from . import bundled
-from .cli_support import SignalStop, auth_options, load_classifier, run_cli, traceback_option, trust_options
-from .errors import ExitCode, OptionError, SourceError
-from .providers import PROVIDER_HELP
-
-if TYPE_CHECKING:
-    from .web import ServeConfig
+from runtime.camera.live import CameraOptions, run_camera
+from runtime.cli.common import auth_options, load_classifier, run_cli, traceback_option, trust_options
+from runtime.errors import ExitCode, OptionError, SourceError
+from runtime.model import bundled
+from runtime.model.providers import PROVIDER_HELP
 
 PROG = "cifar-run"
 SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -95,7 +91,7 @@ def _parse_address(value: str | None) -> tuple[str, int] | None:
     """"8000" -> ("127.0.0.1", 8000), "0.0.0.0:8000" -> ("0.0.0.0", 8000): a usage error otherwise."""
     if value is None:
         return None
-    from .web import parse_address
+    from runtime.web import parse_address
 
     try:
         return parse_address(value)
@@ -137,8 +133,8 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
 
     ``save_dir``: an annotated copy of each input that decodes, named by ``plan_saved_copies``;
     a final note says where, and each JSON/CSV line which copy is its own."""
-    from .annotate import TILE, annotate_image, contact_sheet
-    from .atomic import atomic_path
+    from runtime.atomic import atomic_path
+    from runtime.image.draw import TILE, annotate_image, contact_sheet
 
     plan = plan_saved_copies(paths) if save_dir is not None else None
     width = min(60, max([len("file")] + [len(p) for p in paths]))
@@ -185,110 +181,6 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
         _note(f"{failed} of {len(paths)} input(s) failed")
         return ExitCode.PARTIAL
     return ExitCode.OK
-
-
-@dataclass(frozen=True)
-class CameraOptions:
-    """How the live loop runs (``cifar-run --camera``), each default the CLI's."""
-
-    save: Path | None = None  # annotated video to write (atomically, finished on any stop)
-    headless: bool = False  # no window: print a line per frame instead
-    fmt: str = "table"  # headless lines: "table" or "json"
-    full_frame: bool = False  # classify the whole frame, not its centre square
-    smooth: int = 1  # average probabilities over this many recent frames
-    min_confidence: float = 0.0  # below it the label is shown as uncertain
-    reconnect: int = 3  # reopen a live source that stops delivering this many times
-    max_frames: int | None = None  # stop after this many frames
-    duration: float | None = None  # stop after this many seconds
-    realtime: bool = False  # play a video file at its own frame rate
-    size: tuple[int, int] | None = None  # picam / csi:// frame size (W, H)
-    fps: int | None = None  # picam / csi:// frame rate
-    every: float = 0.0  # headless: at most one line every this many seconds (0: every frame)
-    serve: "ServeConfig | None" = None  # also serve the stream, the prediction and uploads
-
-
-def run_camera(clf, spec: str, options: CameraOptions = CameraOptions()) -> int:
-    """The live loop: classify, overlay, show or print, save, serve. Stops cleanly on q/Esc,
-    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video."""
-    from . import video
-
-    o = options
-    signals = SignalStop().install()
-    stop = signals.event  # set by Ctrl+C, SIGTERM or the q key
-    source = saver = window = server = None
-    try:
-        source = video.open_source(spec, size=o.size, fps=o.fps)
-        _note(clf.describe())  # after the source opened: a failure to open stays one line
-        if o.save is not None:
-            saver = video.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
-        if o.serve is not None:
-            from .web import WebServer
-
-            server = WebServer(clf, o.serve, live=True, log=_note).start()
-        window = None if o.headless else video.Window.try_open(f"{PROG} {spec}")
-        if window is None and not o.headless:
-            _note("no display: running headless")
-        _note(f"reading {'live source' if source.live else 'video file'} {spec}")
-        frames, last_printed = 0, float("-inf")
-        for result in video.classify_stream(
-                source, clf, full_frame=o.full_frame, smooth=o.smooth, min_confidence=o.min_confidence,
-                reconnect=o.reconnect, max_frames=o.max_frames, duration_s=o.duration,
-                pace_fps=(getattr(source, "fps", None) or 30.0) if o.realtime and not source.live else None,
-                stop=stop):
-            frames += 1
-            if server is not None:
-                server.publish(result)  # never waits on the viewers
-            if saver is not None or window is not None:  # printing alone needs no OpenCV
-                annotated = video.annotate_frame(result.frame_bgr, result)
-            if saver is not None:
-                saver.write(annotated)
-            if window is not None:
-                _show(window, annotated, result, stop, video)
-            elif time.monotonic() - last_printed >= o.every:
-                last_printed = time.monotonic()
-                _print_frame(result, o.fmt)
-        _note(f"{frames} frame(s) classified")
-    finally:
-        signals.restore()
-        if server is not None:
-            server.close()
-        if window is not None:
-            window.close()
-        if source is not None:
-            source.release()
-        if saver is not None:
-            written = saver.close()
-            if written:
-                _note(f"wrote {written} ({saver.frames} frames)")
-    if signals.name:
-        _note(f"stopped by {signals.name}")
-        return ExitCode.INTERRUPTED
-    return ExitCode.OK
-
-
-def _print_frame(result, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(result.to_dict()))
-    else:
-        click.echo(f"frame {result.index:>6}  {result.label:<12} {result.prediction.confidence:>6.1%}  "
-                   f"{result.infer_ms:6.1f} ms  {result.fps:5.1f} fps")
-
-
-def _show(window, annotated, result, stop, video) -> None:
-    """Show a frame; keys: q/Esc stop, space pauses (until pressed again), s saves a snapshot."""
-    key = window.show(annotated)
-    paused = False
-    while True:
-        if key in (ord("q"), 27):
-            stop.set()
-        elif key == ord(" "):
-            paused = not paused
-        elif key == ord("s"):
-            shot = video.save_snapshot(annotated, f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{result.index}.png")
-            _note(f"saved {shot}")
-        if not paused or stop.is_set():
-            return
-        key = window.wait_key(50)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
@@ -352,11 +244,11 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                 raise click.UsageError("--camera cannot be combined with image SOURCES or --grid")
             serve_config = None
             if serve is not None:
-                from .web import ServeConfig
+                from runtime.web import ServeConfig
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
             clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
-            return run_camera(clf, camera, CameraOptions(
+            return run_camera(clf, camera, log=_note, options=CameraOptions(
                 save=Path(save) if save else None, headless=headless, fmt=fmt, full_frame=full_frame,
                 smooth=smooth, min_confidence=min_confidence, reconnect=reconnect, max_frames=max_frames,
                 duration=duration, realtime=realtime, size=camera_size, fps=camera_fps, every=every,
@@ -364,7 +256,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
         if serve is not None:
             raise click.UsageError("--serve needs --camera SRC; to classify uploaded images "
                                    "without a camera, run cifar-serve")
-        from .inputs import expand_sources
+        from runtime.image.inputs import expand_sources
 
         save_dir = Path(save) if save else None
         if save_dir is not None and save_dir.exists() and not save_dir.is_dir():

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .classifier import UNCERTAIN, Prediction
+from runtime.model.classifier import UNCERTAIN, Prediction
 
 MIN_SIDE = 256  # px: CIFAR images are 32x32; upscale small ones so the label is readable
 TILE = 128  # px: contact-sheet thumbnail size

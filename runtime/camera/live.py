@@ -1,0 +1,130 @@
+"""``run_camera``: the live command (``cifar-run --camera SRC``): frames from a source through
+the classify loop, then shown, printed, saved and served, stopped in order on any signal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import click
+
+from runtime.camera import outputs
+from runtime.camera.loop import classify_stream
+from runtime.camera.sources import open_source
+from runtime.errors import ExitCode
+from runtime.signals import SignalStop
+
+if TYPE_CHECKING:
+    from runtime.web import ServeConfig
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class CameraOptions:
+    """How the live loop runs (``cifar-run --camera``), each default the CLI's."""
+
+    save: Path | None = None  # annotated video to write (atomically, finished on any stop)
+    headless: bool = False  # no window: print a line per frame instead
+    fmt: str = "table"  # headless lines: "table" or "json"
+    full_frame: bool = False  # classify the whole frame, not its centre square
+    smooth: int = 1  # average probabilities over this many recent frames
+    min_confidence: float = 0.0  # below it the label is shown as uncertain
+    reconnect: int = 3  # reopen a live source that stops delivering this many times
+    max_frames: int | None = None  # stop after this many frames
+    duration: float | None = None  # stop after this many seconds
+    realtime: bool = False  # play a video file at its own frame rate
+    size: tuple[int, int] | None = None  # picam / csi:// frame size (W, H)
+    fps: int | None = None  # picam / csi:// frame rate
+    every: float = 0.0  # headless: at most one line every this many seconds (0: every frame)
+    serve: "ServeConfig | None" = None  # also serve the stream, the prediction and uploads
+
+
+def run_camera(clf, spec: str, options: CameraOptions = CameraOptions(),
+               log: Callable[[str], None] = _stderr) -> int:
+    """The live loop: classify, overlay, show or print, save, serve. Stops cleanly on q/Esc,
+    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video. Returns the
+    exit code; ``log`` gets the progress lines (stderr by default)."""
+    o = options
+    signals = SignalStop().install()
+    stop = signals.event  # set by Ctrl+C, SIGTERM or the q key
+    source = saver = window = server = None
+    try:
+        source = open_source(spec, size=o.size, fps=o.fps)
+        log(clf.describe())  # after the source opened: a failure to open stays one line
+        if o.save is not None:
+            saver = outputs.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
+        if o.serve is not None:
+            from runtime.web import WebServer
+
+            server = WebServer(clf, o.serve, live=True, log=log).start()
+        window = None if o.headless else outputs.Window.try_open(f"cifar-run {spec}")
+        if window is None and not o.headless:
+            log("no display: running headless")
+        log(f"reading {'live source' if source.live else 'video file'} {spec}")
+        frames, last_printed = 0, float("-inf")
+        for result in classify_stream(
+                source, clf, full_frame=o.full_frame, smooth=o.smooth, min_confidence=o.min_confidence,
+                reconnect=o.reconnect, max_frames=o.max_frames, duration_s=o.duration,
+                pace_fps=(getattr(source, "fps", None) or 30.0) if o.realtime and not source.live else None,
+                stop=stop):
+            frames += 1
+            if server is not None:
+                server.publish(result)  # never waits on the viewers
+            if saver is not None or window is not None:  # printing alone needs no OpenCV
+                annotated = outputs.annotate_frame(result.frame_bgr, result)
+            if saver is not None:
+                saver.write(annotated)
+            if window is not None:
+                _show(window, annotated, result, stop, log)
+            elif time.monotonic() - last_printed >= o.every:
+                last_printed = time.monotonic()
+                _print_frame(result, o.fmt)
+        log(f"{frames} frame(s) classified")
+    finally:
+        signals.restore()
+        if server is not None:
+            server.close()
+        if window is not None:
+            window.close()
+        if source is not None:
+            source.release()
+        if saver is not None:
+            written = saver.close()
+            if written:
+                log(f"wrote {written} ({saver.frames} frames)")
+    if signals.name:
+        log(f"stopped by {signals.name}")
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+def _print_frame(result, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(f"frame {result.index:>6}  {result.label:<12} {result.prediction.confidence:>6.1%}  "
+                   f"{result.infer_ms:6.1f} ms  {result.fps:5.1f} fps")
+
+
+def _show(window, annotated, result, stop, log) -> None:
+    """Show a frame; keys: q/Esc stop, space pauses (until pressed again), s saves a snapshot."""
+    key = window.show(annotated)
+    paused = False
+    while True:
+        if key in (ord("q"), 27):
+            stop.set()
+        elif key == ord(" "):
+            paused = not paused
+        elif key == ord("s"):
+            shot = outputs.save_snapshot(annotated, f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{result.index}.png")
+            log(f"saved {shot}")
+        if not paused or stop.is_set():
+            return
+        key = window.wait_key(50)
