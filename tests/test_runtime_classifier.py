@@ -186,18 +186,18 @@ def test_threads(tiny_model):
         Classifier(tiny_model, threads=-1)
 
 
-def test_infer_ms_is_per_image(tiny_model, tmp_path, monkeypatch):
+def test_ort_ms_is_per_image(tiny_model, tmp_path, monkeypatch):
     """Each image gets its batch's onnxruntime time divided by the batch's size."""
     clf = Classifier(tiny_model)
     real_run = clf.run
     monkeypatch.setattr(clf, "run", lambda hwc: (real_run(hwc)[0], 120.0))  # 120 ms a batch
     preds = clf.predict_batch([solid((255, 0, 0))] * 7, batch_size=4)  # batches of 4 and 3
-    assert [p.infer_ms for p in preds] == [30.0] * 4 + [40.0] * 3
-    assert clf.predict(image_rgb=solid((255, 0, 0))).infer_ms == 120.0
+    assert [p.ort_ms for p in preds] == [30.0] * 4 + [40.0] * 3
+    assert clf.predict(image_rgb=solid((255, 0, 0))).ort_ms == 120.0
     paths = []
     for i in range(5):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(solid((0, 255, 0))).save(paths[-1])
     results = list(clf.predict_files(paths[:2] + [tmp_path / "missing.png"] + paths[2:], batch_size=2))
     # The missing file flushes the first pair; the last three run as a pair and a single.
-    assert [r.prediction.infer_ms if r.ok else None for r in results] == [60.0, 60.0, None, 60.0, 60.0, 120.0]
+    assert [r.prediction.ort_ms if r.ok else None for r in results] == [60.0, 60.0, None, 60.0, 60.0, 120.0]

@@ -249,7 +249,7 @@ def test_api_latest(live):
     wait_for(lambda: request(server, "GET", "/api/latest")[0] == 200)
     status, latest = get_json(server, "/api/latest")
     assert status == 200 and latest["label"] == "airplane" and 0.5 < latest["confidence"] <= 1
-    assert {"label", "confidence", "top_k", "frame", "time", "fps", "infer_ms"} <= set(latest)
+    assert {"label", "confidence", "top_k", "frame", "time", "fps", "classify_ms", "ort_ms"} <= set(latest)
     assert latest["top_k"][0] == {"label": "airplane", "probability": latest["confidence"]}
     assert abs(latest["time"] - time.time()) < 10
     wait_for(lambda: get_json(server, "/api/latest")[1]["frame"] > latest["frame"])

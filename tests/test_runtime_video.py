@@ -127,7 +127,7 @@ def test_smoothing_and_uncertain(clf):
                                         min_confidence=0.9))
     assert unsure[0].label == loop.UNCERTAIN
     d = unsure[0].to_dict()
-    assert d["label"] == "uncertain" and {"infer_ms", "fps", "top_k"} <= set(d)
+    assert d["label"] == "uncertain" and {"classify_ms", "ort_ms", "fps", "top_k"} <= set(d)
     from runtime.image.draw import UNCERTAIN_RGB, caption
 
     text, rgb = unsure[0].overlay_lines()[0]  # the frame's overlay words it as images and the stream do
@@ -315,9 +315,10 @@ def test_opening_restores_opencv_log_level():
 
 
 def test_smoothed_prediction_keeps_onnxruntime_time(clf):
-    """FrameResult.infer_ms is preprocessing + onnxruntime; the prediction's own infer_ms
-    stays onnxruntime time alone, smoothed or not."""
+    """FrameResult.classify_ms is preprocessing + onnxruntime; the prediction's own ort_ms
+    stays onnxruntime time alone, smoothed or not, and preprocess_ms is the difference."""
     frames = [frame(RED_BGR, 640, 480)] * 3
     for smooth in (1, 3):
         for r in loop.classify_stream(FakeSource(frames), clf, smooth=smooth):
-            assert 0 < r.prediction.infer_ms < r.infer_ms
+            assert 0 < r.prediction.ort_ms < r.classify_ms
+            assert r.ort_ms == r.prediction.ort_ms and r.preprocess_ms == pytest.approx(r.classify_ms - r.ort_ms)

@@ -110,7 +110,7 @@ def _print_frame(result, fmt: str) -> None:
         click.echo(json.dumps(result.to_dict()))
     else:
         click.echo(f"frame {result.index:>6}  {result.label:<12} {result.prediction.confidence:>6.1%}  "
-                   f"{result.infer_ms:6.1f} ms  {result.fps:5.1f} fps")
+                   f"{result.classify_ms:6.1f} ms  {result.fps:5.1f} fps")
 
 
 def _show(window, annotated, result, stop, log) -> None:

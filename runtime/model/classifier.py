@@ -37,7 +37,7 @@ class Prediction:
     probabilities: np.ndarray  # (num_classes,) float32, sums to 1
     # Milliseconds of onnxruntime time per image: the time of the batch this image ran in,
     # divided by the batch's size (decoding and resizing not included).
-    infer_ms: float = 0.0
+    ort_ms: float = 0.0
 
     @property
     def label(self) -> str:

@@ -124,7 +124,7 @@ def upright_size(upload: Upload) -> tuple[int, int]:
 
 
 def classify_upload(classifier, upload: Upload, *, thumbnail: bool = False) -> dict:
-    """One upload -> {"name", "width", "height", "label", "confidence", "top_k", "infer_ms"}
+    """One upload -> {"name", "width", "height", "label", "confidence", "top_k", "ort_ms"}
     (+ "thumbnail", a data: URL, when asked for). Decoded as ``cifar-run FILE`` decodes it."""
     contract = classifier.contract
     # Drafted as preprocess.prepare drafts a file: to twice the model's input size.
@@ -132,7 +132,7 @@ def classify_upload(classifier, upload: Upload, *, thumbnail: bool = False) -> d
     width, height = upright_size(upload)  # the file's own size: drafting decoded it reduced
     prediction = classifier.predict(image)
     result = {"name": upload.name, "width": width, "height": height, **prediction.to_dict(),
-              "infer_ms": round(prediction.infer_ms, 3)}
+              "ort_ms": round(prediction.ort_ms, 3)}
     if thumbnail:
         result["thumbnail"] = thumbnail_url(upload)
     return result
