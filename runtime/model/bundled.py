@@ -1,7 +1,8 @@
-"""Files shipped inside the package: the bundled model(s) and the sample images.
+"""Files shipped inside the package (``runtime/assets/``): the shipped model as FP32 and INT8
+ONNX files, its parity report, and the sample images.
 
-``CIFAR_EDGE_ASSETS`` (or the module attribute ``ASSETS_DIR``) points the model lookup
-elsewhere; tests use it for a placeholder model, since none is bundled until training is done.
+``CIFAR_EDGE_ASSETS`` (or the module attribute ``ASSETS_DIR``) points the model lookup at
+another folder: a user's own default model, or a test's tiny one.
 """
 
 from __future__ import annotations
