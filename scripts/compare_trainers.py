@@ -51,7 +51,7 @@ from runtime.cli.common import run_cli, traceback_option
 from runtime.cpu import FLAGS_OF_INTEREST, cpu_features, cpu_flags
 from runtime.errors import CifarEdgeError, ExitCode, OptionError
 from train.augment import augmented_epoch
-from train.config import TrainConfig
+from train.config import RECIPE_BATCH, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "compare_trainers"
@@ -84,7 +84,7 @@ def recipe(seed: int, n_train: int) -> TrainConfig:
     """The ``quick`` recipe with the whitening bias and lookahead off (in every trainer alike),
     and a batch no larger than the training split."""
     config = TrainConfig.for_model("quick", whiten_bias_epochs=0, lookahead=False, seed=seed, precision="float32")
-    return config.with_(batch_size=min(config.batch_size, n_train))
+    return config.with_(batch_size=min(RECIPE_BATCH, n_train))
 
 
 # --- one trainer, in its own process --------------------------------------------------------
@@ -153,10 +153,10 @@ class KerasTrainer:
         self.model.fit(x, self.one_hot[y], batch_size=self.config.batch_size, epochs=1, shuffle=False, verbose=0)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
-        from train.fit import evaluate
+        from train.fit import loss_and_accuracy
         from train.models import as_float32
 
-        return evaluate(as_float32(self.model), x, y)[1]  # float32, as cifar-train scores a bfloat16 run
+        return loss_and_accuracy(as_float32(self.model), x, y)[1]  # float32, as cifar-train scores a bfloat16 run
 
 
 def make_trainer(name: str, config: TrainConfig, data: dict, torch_layout: str):

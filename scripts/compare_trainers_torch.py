@@ -23,7 +23,7 @@ from torch import nn
 from train.config import TrainConfig
 from train.models import BN_MOMENTUM, CIFAR10_MEAN, CIFAR10_STD, whitening_images, whitening_kernel
 
-EVAL_BATCH = 1000  # images per forward pass on the test split, as train.fit.evaluate
+EVAL_BATCH = 1000  # images per forward pass on the test split, as train.fit.loss_and_accuracy
 
 
 def one_cycle(step: int, total_steps: int, config: TrainConfig) -> float:

@@ -48,7 +48,7 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n
             raise DataError("--write saves one average: give exactly one --last K")
         from train.config import TrainConfig
         from train.data import load_for_model, take_slice
-        from train.fit import evaluate, split_validation
+        from train.fit import loss_and_accuracy, split_validation
         from train.models import load_keras_model, save_keras_model
 
         config = TrainConfig.load(run_dir / "config.json")
@@ -60,8 +60,8 @@ def main(run_dir: Path, data: str, lasts: tuple[int, ...], bn: bool, bn_images_n
         rows = []
         for k in lasts:
             average_tail(model, files[-k:], images)
-            val_nll, val_acc = evaluate(model, split.x_val, split.y_val)
-            test_nll, test_acc = evaluate(model, dataset.x_test, dataset.y_test)
+            val_nll, val_acc = loss_and_accuracy(model, split.x_val, split.y_val)
+            test_nll, test_acc = loss_and_accuracy(model, dataset.x_test, dataset.y_test)
             rows.append(dict(last=k, epochs=[int(f.name[6:9]) for f in files[-k:]], bn=bn, val_acc=val_acc,
                              val_nll=val_nll, test_acc=test_acc, test_nll=test_nll))
             click.echo(f"last {k:>2}{' +bn' if bn else ''}: validation {100 * val_acc:6.2f}% (NLL {val_nll:.4f})  "

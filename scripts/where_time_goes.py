@@ -69,7 +69,7 @@ def _once(model_name: str, data: str | None) -> dict:
     import tempfile
 
     t0 = time.perf_counter()
-    from train.fit import build_for_config, evaluate, keras, save_keras_model  # imports TensorFlow
+    from train.fit import build_for_config, keras, loss_and_accuracy, save_keras_model  # imports TensorFlow
     from train.augment import augmented_epoch
     from train.config import TrainConfig
     from train.data import load_dataset
@@ -88,9 +88,9 @@ def _once(model_name: str, data: str | None) -> dict:
     augmented_epoch(x, y, config, 0)
     figures["augment_epoch_s"] = round(time.perf_counter() - t0, 2)
     model = build_for_config(config, 10, x[:5000])
-    evaluate(model, x[:1000], y[:1000])  # traced once, as after the first epoch
+    loss_and_accuracy(model, x[:1000], y[:1000])  # traced once, as after the first epoch
     t0 = time.perf_counter()
-    evaluate(model, x[:2000], y[:2000])
+    loss_and_accuracy(model, x[:2000], y[:2000])
     figures["evaluate_2000_s"] = round(time.perf_counter() - t0, 2)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -40,10 +40,10 @@ def _types(model):
 @pytest.mark.parametrize("name", ["tiny", "default"])
 def test_registry_models_fold_to_convolutions_and_pools(name):
     from export.fold import fold_for_inference
-    from train.models import build_model
+    from train.models import Architecture, build_model
 
     images, _ = make_images(64)
-    kw = {"widths": (8, 16, 16)} if name == "default" else {}
+    kw = {"architecture": Architecture(widths=(8, 16, 16))} if name == "default" else {}
     model = _randomize_batchnorm(build_model(name, train_images=images, **kw))
     folded, applied = fold_for_inference(model)
     _same_function(model, folded, images)

@@ -63,7 +63,7 @@ def test_no_snapshots_is_one_line(tmp_path):
 def test_a_run_that_averages_ends_with_the_mean_of_its_last_epochs(folder_dataset, tmp_path):
     from train.average import snapshot_files
     from train.config import TrainConfig
-    from train.fit import evaluate, fit, split_validation
+    from train.fit import fit, loss_and_accuracy, split_validation
     from train.data import load_dataset
     from train.models import load_keras_model
 
@@ -89,7 +89,7 @@ def test_a_run_that_averages_ends_with_the_mean_of_its_last_epochs(folder_datase
     # The last history row and state.json describe model.keras: the average.
     data = load_dataset(folder_dataset, quiet=True)
     split = split_validation(data, 10, 3)
-    _, val_acc = evaluate(model, split.x_val, split.y_val)
+    _, val_acc = loss_and_accuracy(model, split.x_val, split.y_val)
     state = json.loads((run / "state.json").read_text())
     assert state["best_val_acc"] == pytest.approx(val_acc) and state["finished"]
 
@@ -126,8 +126,8 @@ def test_a_run_stopped_in_its_last_epoch_averages_the_snapshot_saved_before_the_
                 stop.set()
 
     with pytest.raises(fit_mod.Interrupted, match="epoch 16 at step 3/10"):
-        fit_mod.fit(config, out=run, data=folder_dataset, quiet=True, log=lambda s: None, stop=stop,
-                    callbacks=[StopInTheLastEpoch()])
+        fit_mod.fit(config, out=run, data=folder_dataset, quiet=True, log=lambda s: None,
+                    control=fit_mod.FitControl(stop=stop, callbacks=[StopInTheLastEpoch()]))
     before = snapshot_path(run, 15).read_bytes()
     assert not snapshot_path(run, 16).exists()
 

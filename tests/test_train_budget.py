@@ -97,12 +97,12 @@ END_RESERVE_S = 3.0  # train.fit's, read there without importing TensorFlow at c
 def _fit_budget(budget_s, run, data, **kw):
     from train.config import TrainConfig
     from train.fit import END_RESERVE_S as reserve
-    from train.fit import fit
+    from train.fit import FitControl, fit
 
     assert reserve == END_RESERVE_S
     lines = []
     result = fit(TrainConfig(**FAST, time_budget=budget_s), out=run, data=data, quiet=True, log=lines.append,
-                 started=0.0, **kw)
+                 control=FitControl(started=0.0), **kw)
     return result, lines, json.loads((run / "config.json").read_text())["config"]
 
 

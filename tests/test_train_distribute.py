@@ -233,7 +233,15 @@ def _fake_run(run: Path, distribute: str, finished: bool) -> Path:
 
 def test_the_chief_resumes_an_unfinished_multiworker_run_even_with_overwrite(tmp_path, monkeypatch):
     from runtime.errors import CifarEdgeError
-    from train.multiworker import check_start
+    from train.config import TrainConfig
+    from train.multiworker import cluster_of
+    from train.preflight import check_run
+
+    def check_start(run_dir, overwrite):  # what cifar-train checks of TF_CONFIG and --out
+        config = TrainConfig(distribute="multiworker")
+        cluster = cluster_of(config)
+        check_run(config, run_dir, overwrite=overwrite, cluster=cluster)
+        return cluster
 
     monkeypatch.setenv("TF_CONFIG", _tf_config([1234, 1235], 0))
     assert check_start(_fake_run(tmp_path / "unfinished", "multiworker", False), overwrite=True).is_chief

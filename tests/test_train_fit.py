@@ -72,7 +72,7 @@ def test_interrupted_run_resumes_and_finishes(folder_dataset, tmp_path):
 
     with pytest.raises(fit_mod.Interrupted, match=r"epoch 2 at step 1/4.*--resume"):
         fit_mod.fit(_config(epochs=3), out=run, data=folder_dataset, quiet=True, log=lambda s: None,
-                    stop=stop, callbacks=[StopInSecondEpoch()])
+                    control=fit_mod.FitControl(stop=stop, callbacks=[StopInSecondEpoch()]))
     state = json.loads((run / "state.json").read_text())
     assert state == {**state, "epoch": 1, "step": 1, "finished": False}
     assert len(read_history(run)) == 1
@@ -180,12 +180,12 @@ def test_mixed_precision_trains_in_bfloat16_and_saves_float32(folder_dataset, tm
 def test_as_float32_copies_weights_and_keeps_predictions():
     import keras
 
-    from train.models import as_float32, build_model
+    from train.models import Architecture, as_float32, build_model
 
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        mixed = build_model("default", widths=(8, 16, 16), train_images=images)
+        mixed = build_model("default", architecture=Architecture(widths=(8, 16, 16)), train_images=images)
     finally:
         keras.config.set_dtype_policy("float32")
     f32 = as_float32(mixed)

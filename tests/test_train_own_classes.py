@@ -312,12 +312,12 @@ def test_init_refuses_another_architecture(tmp_path):
     import keras
 
     from runtime.errors import ModelError
-    from train.models import build_default, build_quick, build_tiny, copy_features
+    from train.models import Architecture, build_default, build_quick, build_tiny, copy_features
 
     quick = build_quick(num_classes=10)
     with pytest.raises(ModelError, match="shares no layer with a 'tiny' model"):
         copy_features(build_tiny(num_classes=3), quick, "quick.keras")
-    wide = build_default(num_classes=3, widths=(48, 64, 64), name="quick")
+    wide = build_default(num_classes=3, architecture=Architecture("quick", widths=(48, 64, 64)))
     with pytest.raises(ModelError, match=r"its g0_conv1/kernel is \(3, 3, 24, 32\), this 'quick' model's is "
                                          r"\(3, 3, 24, 48\)"):
         copy_features(wide, quick, "quick.keras")

@@ -47,14 +47,14 @@ def test_old_run_configs_load_with_the_recipe_they_trained_with(tmp_path):
 @requires_tf
 def test_whitening_kernel_stays_fixed_and_its_bias_trains_only_at_first(tmp_path):
     from train.config import TrainConfig
-    from train.data import Cifar10
-    from train.fit import fit
+    from train.data import ImageDataset
+    from train.fit import FitControl, fit
     from train.quiet_import import import_keras
 
     keras = import_keras()
     x, y = make_images(256, seed=1)
     xt, yt = make_images(40, seed=2)
-    data = Cifar10(x, y, xt, yt, tuple(f"c{i}" for i in range(10)), "generated")
+    data = ImageDataset(x, y, xt, yt, tuple(f"c{i}" for i in range(10)), "generated")
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -65,7 +65,8 @@ def test_whitening_kernel_stays_fixed_and_its_bias_trains_only_at_first(tmp_path
     # quick: the whitening stem; 4 steps per epoch, the bias trains for the first epoch only.
     config = TrainConfig.for_model("quick", epochs=3, batch_size=64, val_images=16, seed=0,
                                    whiten_bias_epochs=1, precision="float32", lookahead=False)
-    fit(config, out=tmp_path / "run", data=data, quiet=True, log=lambda s: None, callbacks=[Record()])
+    fit(config, out=tmp_path / "run", data=data, quiet=True, log=lambda s: None,
+        control=FitControl(callbacks=[Record()]))
     kernels, biases = zip(*seen)
     assert len(seen) == 12
     assert all(np.array_equal(k, kernels[0]) for k in kernels)

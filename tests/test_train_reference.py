@@ -33,13 +33,14 @@ def test_airbench94_is_the_published_network():
 def test_activation_choice_changes_the_function_not_the_weights():
     import keras
 
-    from train.models import build_model
+    from train.models import Architecture, build_model
 
     images = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     keras.utils.set_random_seed(0)
-    relu = build_model("default", widths=(8, 16, 16), train_images=images)
+    relu = build_model("default", architecture=Architecture(widths=(8, 16, 16)), train_images=images)
     keras.utils.set_random_seed(0)
-    gelu = build_model("default", widths=(8, 16, 16), train_images=images, activation="gelu")
+    gelu = build_model("default", architecture=Architecture(widths=(8, 16, 16), activation="gelu"),
+                       train_images=images)
     assert [w.shape for w in relu.get_weights()] == [w.shape for w in gelu.get_weights()]
     gelu.set_weights(relu.get_weights())
     x = images.astype(np.float32)

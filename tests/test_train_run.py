@@ -131,8 +131,10 @@ def test_a_batch_size_given_keeps_the_warning():
     assert "(e.g. 32)" in lines[0]
 
 
-@pytest.mark.parametrize("args, batch", [((), None), (("--batch-size", "64"), 64)])
-def test_cli_passes_a_given_batch_size_and_leaves_the_recipes_open(args, batch, folder_dataset, tmp_path,
+@pytest.mark.parametrize("start, args, batch", [  # no --batch-size: the recipe's, sized to the data in fit
+    (("--init", "shipped"), (), None), (("--init", "shipped"), ("--batch-size", "64"), 64),
+    (("--model", "quick"), (), "auto"), (("--model", "quick"), ("--batch-size", "64"), 64)])
+def test_cli_passes_a_given_batch_size_and_leaves_the_recipes_open(start, args, batch, folder_dataset, tmp_path,
                                                                    monkeypatch):
     import train.fit
     from train.cli import main
@@ -140,7 +142,7 @@ def test_cli_passes_a_given_batch_size_and_leaves_the_recipes_open(args, batch, 
     seen = []
     monkeypatch.setattr(train.fit, "fit", lambda config, **kw: seen.append(config)
                         or train.fit.FitResult(tmp_path, 0.5, 1, 1.0))
-    r = CliRunner().invoke(main, ["--data", str(folder_dataset), "--init", "shipped", "--out",
+    r = CliRunner().invoke(main, ["--data", str(folder_dataset), *start, "--out",
                                   str(tmp_path / "run"), *args])
     assert r.exit_code == 0, r.output
     assert [config.batch_size for config in seen] == [batch]
@@ -155,6 +157,65 @@ def test_fine_tune_batch_trains_and_is_recorded(folder_dataset, tmp_path):
         "down to 8; --batch-size sets one)"]
     assert "1 epoch of 7 steps;" in [line for line in lines if line.startswith("tiny:")][0]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == 8
+
+
+def test_from_scratch_the_batch_and_the_rate_are_sized_to_small_data():
+    from train.config import TrainConfig
+    from train.fit import FEW_STEPS, _fit_batches_to_data
+
+    config = TrainConfig.for_model("quick")  # no --batch-size, no --lr: the recipe's 1,024 and 1.5
+    lines = []
+    fitted = _fit_batches_to_data(config, 1_800, lines.append)
+    assert fitted.batch_size == 128 and -(-1_800 // 128) >= FEW_STEPS  # 15 steps, not 2
+    assert fitted.lr == pytest.approx(1.5 * 128 / 1024)  # linear scaling: 0.1875
+    assert config.batch_size == "auto" and TrainConfig().batch_size == "auto"  # config.json gets 128
+    assert lines == ["batch size 128 for 1,800 training images: 15 steps per epoch (the recipe's 1,024 is halved "
+                     "on little data, down to 8; --batch-size sets one), and the peak learning rate with it: "
+                     "0.1875 (lr 1.5 x 128/1,024)"]
+    assert _fit_batches_to_data(config.with_(lr=3.0), 1_800, lines.append).lr == pytest.approx(0.375)
+    for n_train in (45_000, 9_217):  # full CIFAR-10, and the least that makes 10 steps of 1,024
+        lines = []
+        fitted = _fit_batches_to_data(config, n_train, lines.append)
+        assert (fitted.batch_size, fitted.lr, lines) == (1024, 1.5, [])
+    assert _fit_batches_to_data(config, 5_000, lines.append).batch_size == 512
+
+
+def test_a_batch_size_given_from_scratch_is_kept_with_its_rate():
+    from train.config import TrainConfig
+    from train.fit import _fit_batches_to_data
+
+    for config in (TrainConfig(batch_size=1024), TrainConfig.for_model("quick", batch_size=1024)):
+        lines = []
+        fitted = _fit_batches_to_data(config, 1_800, lines.append)
+        assert (fitted.batch_size, fitted.lr) == (1024, 1.5)
+        assert lines == ["warning: only 2 steps per epoch (1,800 images, batch 1,024); the schedule has few updates "
+                         "to work with: a smaller --batch-size (e.g. 128) trains better on this little data"]
+
+
+def test_a_sized_batch_is_recorded_and_the_run_reproduces_from_config_json(folder_dataset, tmp_path):
+    # 60 images, 10 held out: from scratch, 1,024 halves to 8 (7 steps), the rate with it.
+    from train.config import TrainConfig
+    from train.fit import _fit_batches_to_data
+
+    run = tmp_path / "run"
+    _, lines = _fit({"batch_size": "auto", "lr": 1.5}, run, folder_dataset)
+    assert not [line for line in lines if line.startswith("warning:")]
+    assert [line for line in lines if line.startswith("batch size")] == [
+        "batch size 8 for 50 training images: 7 steps per epoch (the recipe's 1,024 is halved on little data, "
+        "down to 8; --batch-size sets one), and the peak learning rate with it: 0.0117188 (lr 1.5 x 8/1,024)"]
+    saved = TrainConfig.load(run / "config.json")
+    assert (saved.batch_size, saved.lr) == (8, 1.5 * 8 / 1024)  # what the run trained with
+    again = []
+    assert _fit_batches_to_data(saved, 50, again.append) == saved and not again  # not scaled a second time
+
+
+def test_a_batch_size_that_is_not_a_number_is_refused_before_training(folder_dataset, tmp_path):
+    from runtime.errors import OptionError
+
+    for wrong in ("big", 0, True):
+        with pytest.raises(OptionError, match="--batch-size .*give a number of images, 1 or more"):
+            _fit({"batch_size": wrong}, tmp_path / "run", folder_dataset)
+    assert not (tmp_path / "run").exists()
 
 
 # -- running twice ----------------------------------------------------------------------------

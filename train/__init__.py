@@ -5,7 +5,7 @@
 """
 
 from .config import TrainConfig
-from .data import Cifar10, ImageDataset, load_cifar10, load_dataset
+from .data import ImageDataset, load_cifar10, load_dataset
 
 
 def fit(*args, **kwargs):
@@ -20,4 +20,4 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-__all__ = ["TrainConfig", "ImageDataset", "Cifar10", "load_dataset", "load_cifar10", "fit", "evaluate"]
+__all__ = ["TrainConfig", "ImageDataset", "load_dataset", "load_cifar10", "fit", "evaluate"]

@@ -1,7 +1,8 @@
 """cifar-train: a thin click wrapper over ``train.fit``.
 
 Arguments, the data path and the run folder are checked before TensorFlow is imported (a
-6-second import): a refused command answers at once and creates nothing.
+6-second import), by the checks ``train.fit`` makes itself (``train.preflight``): a refused
+command answers at once and creates nothing; errors become messages in ``run_cli`` only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import click
 from runtime.cli.common import run_cli, traceback_option
 from runtime.errors import OptionError
 
-from .config import AUTO_BATCH_MAX, FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPES, TrainConfig
+from .config import AUTO_BATCH_MAX, FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPE_BATCH, RECIPES, TrainConfig
 from .models import MODELS, PRECISIONS
 from .progress import plural
 
@@ -21,12 +22,19 @@ _D = TrainConfig()
 _STARTED = time.perf_counter()  # about when the command started: the budget of --time counts all of it (train.fit.clock)
 
 
+# How --help says a batch sized to the data (TrainConfig.batch_size "auto" or None).
+_SIZED_BATCH = {"auto": f"{RECIPE_BATCH:,}, halved on little data until an epoch has 10 steps, --lr with it",
+                None: f"up to {AUTO_BATCH_MAX}, fewer on little data"}
+
+
 def _recipe_note(field: str) -> str:
-    special = [f"{model}: {recipe[field]}" for model, recipe in RECIPES.items() if field in recipe]
+    def said(value):
+        return _SIZED_BATCH.get(value, value) if field == "batch_size" else value
+
+    special = [f"{model}: {said(recipe[field])}" for model, recipe in RECIPES.items() if field in recipe]
     if field in FINE_TUNE:
-        value = FINE_TUNE[field]  # None: the batch, sized to the data
-        special.append(f"with --init: {f'up to {AUTO_BATCH_MAX}, fewer on little data' if value is None else value}")
-    return f" [default: {getattr(_D, field)}" + (f"; {', '.join(special)}" if special else "") + "]"
+        special.append(f"with --init: {said(FINE_TUNE[field])}")
+    return f" [default: {said(getattr(_D, field))}" + (f"; {', '.join(special)}" if special else "") + "]"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -55,7 +63,9 @@ def _recipe_note(field: str) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per step, at most the training images." + _recipe_note("batch_size"))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate of the one-cycle schedule." + _recipe_note("lr"))
+              help="Peak learning rate of the one-cycle schedule; from scratch without --batch-size, the "
+                   f"rate for {RECIPE_BATCH:,} images, scaled down with a batch sized to little data."
+                   + _recipe_note("lr"))
 @click.option("--cutout", type=click.IntRange(min=0), default=None,
               help="Side in pixels of a random square blanked out of each training image (0: off)."
                    + _recipe_note("cutout"))
@@ -100,52 +110,45 @@ def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cut
     resumes the run.
     """
 
-
     def body():
         from .budget import parse_duration
-        from .data import check_data_path
-        from .multiworker import check_start
-        from .runfolder import check_new_run, check_resumable
+        from .models import init_path, saved_architecture
+        from .multiworker import cluster_of
+        from .preflight import check_run
 
-        quiet_or_auto = True if quiet else None  # None: progress bars only on a terminal
         seconds = parse_duration(time_budget) if time_budget is not None else None
         if seconds is not None and (epochs is not None or resume_dir):
             raise OptionError("--time plans the epochs itself; give --time or --epochs, not both" if epochs
                               else "--resume continues the run's own plan; drop --time")
         if resume_dir:
-            check_resumable(resume_dir)
-            from .fit import fit
-
-            result = fit(TrainConfig(), out=resume_dir, data=data, resume=True, quiet=quiet_or_auto)
+            config, run_dir = TrainConfig(), resume_dir  # the run's own config.json wins
         else:
-            from .models import check_init, init_path, saved_architecture
-
             # No --model: --init's own architecture, else the default.
             name = model or (saved_architecture(init_path(init)) if init else _D.model)
             config = TrainConfig.for_model(name, input_size=input_size, init=init, epochs=epochs,
                                            batch_size=batch_size, lr=lr, cutout=cutout, precision=precision,
                                            val_images=val_images, seed=seed, distribute=distribute,
                                            train_limit=limit, test_limit=test_limit, time_budget=seconds)
-            config.check()
             run_dir = out or f"runs/{name}"
-            check_data_path(data)
-            if init:
-                check_init(init, name)
-            if distribute == "multiworker":
-                check_start(run_dir, overwrite)  # TF_CONFIG; on the chief, the run folder
-            else:
-                check_new_run(run_dir, overwrite)
-            from .fit import fit
+        check_run(config, run_dir, data, resume=bool(resume_dir), overwrite=overwrite, cluster=cluster_of(config))
+        from .fit import FitControl, fit
 
-            result = fit(config, out=run_dir, data=data, overwrite=overwrite, quiet=quiet_or_auto, started=_STARTED)
-        if result.run_dir is None:
-            click.echo(f"done: this worker trained the run to epoch {result.epochs_done} "
-                       f"({result.seconds / 60:.1f} min); the chief saved the model in its run folder")
-            return
-        click.echo(f"done: best validation accuracy {100 * result.best_val_acc:.2f}% after "
-                   f"{plural(result.epochs_done, 'epoch')} ({result.seconds / 60:.1f} min); model: {result.run_dir / 'model.keras'}")
+        result = fit(config, out=run_dir, data=data, resume=bool(resume_dir), overwrite=overwrite,
+                     quiet=True if quiet else None,  # None: progress bars only on a terminal
+                     control=FitControl(started=_STARTED))
+        click.echo(_done(result))
 
     run_cli("cifar-train", body, show_traceback)
+
+
+def _done(result) -> str:
+    """The command's last line: what a ``train.fit.FitResult`` says of the run."""
+    if result.run_dir is None:
+        return (f"done: this worker trained the run to epoch {result.epochs_done} "
+                f"({result.seconds / 60:.1f} min); the chief saved the model in its run folder")
+    return (f"done: best validation accuracy {100 * result.best_val_acc:.2f}% after "
+            f"{plural(result.epochs_done, 'epoch')} ({result.seconds / 60:.1f} min); "
+            f"model: {result.run_dir / 'model.keras'}")
 
 
 if __name__ == "__main__":

@@ -27,10 +27,15 @@ class TrainConfig:
     # epochs reach 89.96 +- 0.19% (8 seeds), 100 epochs 90.34% (2); the shipped 100-epoch run
     # 90.47% (docs/training.md, "Seed spread and schedule length").
     epochs: int = 100
-    # Images per step, summed over replicas. None (the fine-tuning recipe's): sized to the data,
-    # AUTO_BATCH_MAX halved until an epoch has 10 steps, at least 8 (train.fit.batch_for_steps).
-    batch_size: int | None = 1024
-    lr: float = 1.5  # peak learning rate (SGD on the mean loss)
+    # Images per step, summed over replicas; config.json records the batch a run trained with.
+    # "auto": RECIPE_BATCH, halved until an epoch has 10 steps, down to 8 images
+    # (train.fit.batch_for_steps), the peak ``lr`` scaled with it. None (the fine-tuning
+    # recipe's): sized to the data the same way from AUTO_BATCH_MAX, ``lr`` as given. A
+    # number: that batch, and ``lr``, as given.
+    batch_size: int | str | None = "auto"
+    # Peak learning rate (SGD on the mean loss); with batch_size "auto", the rate for RECIPE_BATCH
+    # images, scaled linearly to a smaller batch (train.fit.size_batch says why).
+    lr: float = 1.5
     momentum: float = 0.85  # Nesterov momentum
     weight_decay: float = 1.33e-3  # L2 on conv/dense kernels, PyTorch convention (grad += wd * w)
     bias_lr_scale: float = 64.0  # BatchNorm biases learn this many times faster (airbench's bias_scaler)
@@ -93,6 +98,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line OptionErrors for settings no run can train with (checked before TensorFlow)."""
+        batch = self.batch_size
+        if batch not in (None, "auto") and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+            raise OptionError(f"--batch-size {self.batch_size!r}: give a number of images, 1 or more "
+                              "(or leave it out: sized to the data)")
         if not MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE:
             raise OptionError(f"--input-size {self.input_size}: choose {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
         if self.cutout > self.input_size:
@@ -153,6 +162,9 @@ RECIPES: dict[str, dict] = {
 # 80%; 0.003 was still climbing at the tenth.
 FINE_TUNE: dict[str, object] = {"epochs": 10, "batch_size": None, "lr": 0.01, "average_last": 0}
 AUTO_BATCH_MAX = 64  # images per step at most when batch_size is None (577+ training images: 64; 400: 32)
+# Images per step of the from-scratch recipe (batch_size "auto"), on 9,217 training images or
+# more (full CIFAR-10: 45,000 after validation, 44 steps an epoch); 1,800 images get 128.
+RECIPE_BATCH = 1024
 
 
 # Fields added after runs were already saved, with the value those runs trained with.

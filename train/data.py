@@ -43,9 +43,6 @@ class ImageDataset:
     split: dict | None = None
 
 
-Cifar10 = ImageDataset  # the name from when CIFAR-10 was the only dataset
-
-
 def default_cache_dir() -> Path:
     """Where decoded datasets are cached: cifar-edge's one cache folder ($CIFAR_EDGE_CACHE)."""
     return cache_root()

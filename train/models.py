@@ -10,6 +10,7 @@ cleanly.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -109,12 +110,24 @@ def _conv_bn_relu(keras, x, width: int, name: str, weight_decay: float, activati
     return _activation(keras, activation, f"{name}_relu")(x)
 
 
-def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160, 160),
-                  train_images: np.ndarray | None = None, logit_scale: float = 1 / 9,
-                  weight_decay: float = 5e-4, activation: str = "relu", name: str = "default",
-                  bias_weight_decay: float = 0.0, whiten_bias: bool = True, input_size: int = 32,
-                  **_) -> "keras.Model":
-    """The edge model we ship: airbench-style, ~0.84M parameters.
+@dataclass(frozen=True)
+class Architecture:
+    """What tells apart the airbench-style networks ``build_default`` builds."""
+
+    name: str = "default"  # the registry's name, saved in the .keras file (--init checks it)
+    widths: tuple[int, int, int] = (64, 160, 160)  # output channels of the three conv groups
+    activation: str = "relu"  # after every conv; layer names keep "relu" whatever it is
+
+
+DEFAULT = Architecture()  # ~0.84M parameters
+QUICK = Architecture("quick", widths=(32, 64, 64))  # ~0.15M parameters, a quarter of the compute
+AIRBENCH94 = Architecture("airbench94", widths=(64, 256, 256), activation="gelu")  # ~1.97M, as published
+
+
+def build_default(num_classes: int = 10, train_images: np.ndarray | None = None, input_size: int = 32,
+                  weight_decay: float = 5e-4, bias_weight_decay: float = 0.0, whiten_bias: bool = True,
+                  logit_scale: float = 1 / 9, architecture: Architecture = DEFAULT) -> "keras.Model":
+    """The edge model we ship: airbench-style, ~0.84M parameters (``architecture`` DEFAULT).
 
     raw RGB → normalize → 2x2 patch-whitening conv (kernel fixed, from data; a bias that
     ``train.optim.BiasScaledSGD`` trains for the first epochs only) → ReLU →
@@ -137,8 +150,9 @@ def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160
                                  trainable=whiten_bias, name="whiten")
     x = whiten(x)
     whiten.kernel.assign(kernel)
+    activation = architecture.activation
     x = _activation(keras, activation, "whiten_relu")(x)
-    for i, width in enumerate(widths):
+    for i, width in enumerate(architecture.widths):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"g{i}_conv1",
                                 kernel_regularizer=_l2(keras, weight_decay))(x)
         x = keras.layers.MaxPooling2D(2, name=f"g{i}_pool")(x)
@@ -150,7 +164,7 @@ def build_default(num_classes: int = 10, widths: tuple[int, int, int] = (64, 160
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits",
                            kernel_regularizer=_l2(keras, weight_decay))(x)
     outputs = _temperature_softmax(keras, x, logit_scale)
-    model = keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=architecture.name)
     if train_images is not None:
         _dirac_init(model)
     return model
@@ -318,14 +332,14 @@ def build_airbench94(num_classes: int = 10, **kwargs) -> "keras.Model":
     """A reference, not an edge model: airbench94's network as published (widths 64/256/256,
     GELU, ~1.97M parameters), to measure what a known recipe reaches on the data at hand
     (``scripts/reference_run.py``). Too big for the shipped-model limits."""
-    return build_default(num_classes, widths=(64, 256, 256), activation="gelu", name="airbench94", **kwargs)
+    return build_default(num_classes, architecture=AIRBENCH94, **kwargs)
 
 
 def build_quick(num_classes: int = 10, **kwargs) -> "keras.Model":
     """``default`` at half width and less (32/64/64, ~0.15M parameters, a quarter of the
     compute): about 80% on CIFAR-10 after 2 minutes of training on 2 CPU cores. The first
     run, and a quick first model on new data."""
-    return build_default(num_classes, widths=(32, 64, 64), name="quick", **kwargs)
+    return build_default(num_classes, architecture=QUICK, **kwargs)
 
 
 MODELS: dict[str, Callable[..., "keras.Model"]] = {

@@ -111,14 +111,10 @@ def _check_address(address) -> None:
         raise ClusterError(f"TF_CONFIG address {address!r} is not HOST:PORT (e.g. 10.0.0.1:12345)")
 
 
-def check_start(run_dir: Path, overwrite: bool) -> Cluster:
-    """What cifar-train checks before importing TensorFlow: TF_CONFIG, and on the chief the run
-    folder (an unfinished multi-worker run there is resumed, whatever --overwrite says, since a
-    cluster manager restarts a failed worker with its original command)."""
-    cluster = read_cluster()
-    if cluster.is_chief and not runfolder.unfinished_multiworker_run(run_dir):
-        runfolder.check_new_run(run_dir, overwrite)
-    return cluster
+def cluster_of(config: TrainConfig) -> Cluster | None:
+    """This process's place in the cluster of a ``--distribute multiworker`` run (``read_cluster``,
+    checked before TensorFlow); None for a run on one machine."""
+    return read_cluster() if config.distribute == "multiworker" else None
 
 
 # --- with TensorFlow --------------------------------------------------------------------------
