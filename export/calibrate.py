@@ -8,20 +8,27 @@ one output, so every runtime gets them with no code change:
   (concatenated on the batch axis) and the two views' logits are averaged before the Softmax.
 
 The temperature is fitted (``runtime.model.confidence.fit_temperature``) on held-out *training*
-images, never the test split: ``held_out_training_images`` finds the ones the model's run
-folder kept back.
+images, never the test split: ``held_out_images`` finds the ones the model's run kept back, in
+the training split its ``RunRecord`` read.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from runtime.errors import ModelError
+from runtime.model.confidence import confidence_figures
+from runtime.model.confidence import fit_temperature, log_probabilities, softmax, with_temperature
+from runtime.model.contract import InputContract
+from train.data import take_slice
+from train.split import split_validation
+
+from .parity import onnx_predictor, predict_all
+from .run_record import RunRecord
 
 TEMPERATURE = "cifar_edge_temperature"  # the initializer holding T
 MIRROR_PREFIX = "cifar_edge_mirror"
@@ -165,35 +172,64 @@ def add_flip_view(model_proto):
 def mirror_average(probs: np.ndarray, probs_mirror: np.ndarray) -> np.ndarray:
     """What ``add_flip_view`` computes, from a model's probabilities on the images and on their
     mirrors: the softmax of the mean of the two views' logits (log p up to a constant)."""
-    from runtime.model.confidence import log_probabilities, softmax
-
     return softmax(0.5 * (log_probabilities(probs) + log_probabilities(probs_mirror))).astype(np.float32)
 
 
-def held_out_training_images(model_path: str | os.PathLike, data: str | os.PathLike | None):
-    """(images, labels, description) of the training images the model's run was kept from, or
-    (None, None, why not). The run folder is the model file's folder; its config.json says
-    which images were held out (``train.fit.split_validation``)."""
-    run_dir = Path(model_path).parent
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        return None, None, (f"no config.json beside {Path(model_path).name}, so which training images the "
-                            "model never saw is unknown")
-    from train.config import TrainConfig
-    from train.data import load_for_model, take_slice
-    from train.fit import split_validation
+def as_baked(probs: np.ndarray, probs_mirror: np.ndarray | None, views: str,
+             temperature: float | None) -> np.ndarray:
+    """A model's probabilities on the images (``probs_mirror``: on their mirrors) as a file of it
+    with ``views`` and ``temperature`` baked in gives them: both views averaged ("flip"), then
+    the temperature applied. What parity expects of such a file."""
+    expected = mirror_average(probs, probs_mirror) if views == "flip" else probs
+    return expected if temperature is None else with_temperature(expected, temperature)
 
-    saved = json.loads(config_path.read_text())
-    config = TrainConfig.load(config_path)
-    if config.val_images == 0:
-        return None, None, "the run validated on the test split (--val-images 0): no training image was held out"
-    source = data if data is not None else saved.get("data")
-    if source is None:
-        return None, None, "no --data and the run does not record its data"
-    dataset = take_slice(load_for_model(source, model_path, config.input_size, splits=("train",)),
-                         config.train_limit, None, seed=config.seed)
-    split = split_validation(dataset, config.val_images, config.seed)
-    if saved.get("validation_images") not in (None, len(split.x_val)):
-        return None, None, (f"the data at {source} does not split as the run did ({len(split.x_val)} held-out "
-                            f"images here, {saved['validation_images']} in {config_path})")
-    return split.x_val, split.y_val, f"{len(split.x_val):,} training images held out of the run in {run_dir}"
+
+def confidence_on(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """ECE, NLL and accuracy of a calibrated file's ``probs`` before and after its ``temperature``."""
+    return {"before": confidence_figures(with_temperature(probs, 1 / temperature), labels).to_dict(),
+            "after": confidence_figures(probs, labels).to_dict()}
+
+
+class HeldOut(NamedTuple):
+    """The training images a model's run held out, to fit its temperature on; or why there are none."""
+
+    images: np.ndarray | None  # (N, S, S, 3) uint8 RGB; None: none found
+    labels: np.ndarray | None  # (N,) int64
+    described: str  # what they are ("2,000 training images held out of the run in runs/x"), or why none
+
+
+def held_out_training_images(model_path: str | os.PathLike, data: str | os.PathLike | None) -> HeldOut:
+    """``held_out_images`` of the run whose folder holds ``model_path``, its training images
+    read from ``data`` (None: the data the run recorded) at the size the run trained at."""
+    run = RunRecord.beside(model_path)
+    size = run.train.input_size if run.train is not None else 32
+    splits = ("train",) if run.held_out_unknown(data) is None else ()
+    return held_out_images(run.with_data(data, InputContract(height=size, width=size), splits))
+
+
+def held_out_images(run: RunRecord) -> HeldOut:
+    """The training images the model's ``run`` was kept from (``train.split.split_validation``
+    of the training split the run read, as its config.json says), or why there are none."""
+    why = run.held_out_unknown(run.data)
+    if why is not None:
+        return HeldOut(None, None, why)
+    config = run.train
+    split = split_validation(take_slice(run.training, config.train_limit, None, seed=config.seed),
+                             config.val_images, config.seed)
+    recorded = run.saved.get("validation_images")
+    if recorded not in (None, len(split.x_val)):
+        return HeldOut(None, None, (f"the data at {run.source} does not split as the run did ({len(split.x_val)} "
+                                    f"held-out images here, {recorded} in {run.config_path})"))
+    described = f"{len(split.x_val):,} training images held out of the run in {run.run_dir}"
+    return HeldOut(split.x_val, split.y_val, described)
+
+
+def bake_fitted_temperature(proto, held_out: HeldOut, label: str, quiet: bool | None = None) -> tuple[object, dict]:
+    """(``proto`` with the temperature fitted on the ``held_out`` images baked in, what was fitted:
+    the temperature, on what, how, and ECE/NLL before and after on those images)."""
+    raw = predict_all(onnx_predictor(proto), held_out.images.astype("float32"), f"{label} held-out", quiet)
+    temperature = fit_temperature(raw, held_out.labels)
+    fitted = {"temperature": round(temperature, 6), "fitted_on": held_out.described, "method": "NLL, bisection on 1/T",
+              "held_out": {"before": confidence_figures(raw, held_out.labels).to_dict(),
+                           "after": confidence_figures(with_temperature(raw, temperature), held_out.labels).to_dict()}}
+    return bake_temperature(proto, temperature), fitted

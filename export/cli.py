@@ -7,6 +7,7 @@ import click
 from runtime.cli.common import run_cli, traceback_option
 
 from .parity import DEFAULT_THRESHOLDS, raise_if_failed
+from .pipeline import TTA_CHOICES
 from .preprocessing import PIXEL_RANGES
 
 PROG = "cifar-export"
@@ -45,7 +46,7 @@ PROG = "cifar-export"
 @click.option("--no-calibrate", is_flag=True,
               help="Leave the probabilities as the network gives them: no temperature fitted on the "
                    "training images its run held out and baked in before the softmax.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default="none", show_default=True,
               help="flip: also write <stem>[-int8|-fp16]-flip.onnx, which classify the image and its "
                    "mirror in one run and average them (twice the compute, more accurate).")
 @click.option("--pixels", type=click.Choice(list(PIXEL_RANGES)), default=None,

@@ -19,6 +19,8 @@ from runtime.model.contract import CIFAR10_CLASSES, InputContract
 from runtime.model.session import create_session
 from train.config import MIN_INPUT_SIZE  # light: no TensorFlow
 
+from .run_record import RunRecord
+
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 everywhere (Pi, Jetson); tf2onnx's tested default
 INPUT_NAME = "image_rgb"
 OUTPUT_NAME = "probabilities"
@@ -42,17 +44,18 @@ def _keras():
 
 def load_keras(path: str | os.PathLike, *, input_size: int | None = None,
                class_names: tuple[str, ...] | None = None, custom_objects: str | os.PathLike | Mapping | None = None,
-               safe_mode: bool = True) -> KerasSource:
+               safe_mode: bool = True, run: RunRecord | None = None) -> KerasSource:
     """Load a ``.keras`` archive or a legacy ``.h5`` model (``train.loading``: safe mode unless
     ``safe_mode=False``, the model's own layers from ``custom_objects``) and check its shape: one
     square RGB input of any size (``input_size`` for a model that takes any), one output of a
-    score per class (``class_names``, else the run's or CIFAR-10's)."""
+    score per class (``class_names``, else those of its ``run``, read here when not given, or
+    CIFAR-10's)."""
     from train.loading import load_keras_model
 
     path = Path(path)
     model = load_keras_model(path, custom_objects=custom_objects, safe_mode=safe_mode)
     contract = _input_contract(path, model, input_size)
-    names = _class_names(path, _num_classes(path, model), class_names)
+    names = _class_names(path, _num_classes(path, model), class_names, run or RunRecord.beside(path))
     return KerasSource(path, model, _output_kind(_keras(), model), names, contract)
 
 
@@ -94,26 +97,21 @@ def _output_kind(keras, model) -> str:
     return "logits"
 
 
-def _class_names(path: Path, num_classes: int, given: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The ``num_classes`` names: ``given`` (--classes), else those of the training run's
-    config.json beside the model, else CIFAR-10's for a 10-class model."""
-    import json
-
+def _class_names(path: Path, num_classes: int, given: tuple[str, ...] | None, run: RunRecord) -> tuple[str, ...]:
+    """The ``num_classes`` names: ``given`` (--classes), else those the training ``run``
+    recorded in its config.json beside the model, else CIFAR-10's for a 10-class model."""
     if given is not None:
         if len(given) != num_classes:
             raise OptionError(f"--classes names {len(given)} classes {listed(given)} but the model outputs "
                               f"{num_classes} scores: pass one name per output, in output order")
         return tuple(given)
-    config = path.parent / "config.json"
-    try:
-        names = json.loads(config.read_text()).get("class_names")
-    except (OSError, ValueError, AttributeError):
-        names = None
+    names = run.class_names
     if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
         return tuple(names)
     if names is None and num_classes == len(CIFAR10_CLASSES):
         return CIFAR10_CLASSES
-    recorded = f"{config} names {len(names)}" if isinstance(names, list) else "no config.json beside it names them"
+    recorded = (f"{run.config_path} names {len(names)}" if isinstance(names, list)
+                else "no config.json beside it names them")
     raise ModelError(f"{path}: model output is ({num_classes},), expected ({len(CIFAR10_CLASSES)},) CIFAR-10 "
                      f"class scores, or the names of its {num_classes} classes ({recorded}): pass --classes "
                      "a,b,c or --classes FILE (one name per line), in output order")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+from dataclasses import dataclass
 from importlib import metadata as _pkg
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from runtime.model.contract import (
     KEY_VARIANT,
     KEY_VIEWS,
     InputContract,
+    variant_label,
 )
 from runtime.model.session import create_session, model_metadata
 
@@ -75,12 +77,23 @@ def provenance(source: Path, source_sha256: str, opset: int, created: str,
     }
 
 
-def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], output_kind: str,
+@dataclass(frozen=True)
+class FileVariant:
+    """Which of an export's files this is: its variant, its views and the temperature baked in."""
+
+    variant: str  # "fp32" | "int8" | "fp16"
+    views: str = "single"  # "flip": the file averages each image with its mirror
+    # The temperature baked in, what it was fitted on and its figures there (KEY_CALIBRATION); None: none.
+    temperature: dict | None = None
+
+
+def write_metadata(model_proto, file: FileVariant, *, class_names: tuple[str, ...], output_kind: str,
                    provenance_info: dict, parity: dict | None, contract: InputContract | None = None,
-                   calibration: dict | None = None, views: str = "single", self_check=None):
+                   self_check=None):
     """Set every cifar-edge key (replacing old values) plus doc_string/producer. In place.
     ``self_check``: the file's ``runtime.model.selfcheck.SelfCheckVectors`` (None: the key says null)."""
     contract = contract or InputContract()
+    variant, views, temperature = file.variant, file.views, file.temperature
     values = {
         KEY_FORMAT: FORMAT_VERSION,
         KEY_CLASS_NAMES: json.dumps(list(class_names)),
@@ -89,7 +102,7 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
         KEY_VARIANT: variant,
         KEY_PROVENANCE: json.dumps(provenance_info, sort_keys=True),
         KEY_PARITY: json.dumps(parity, sort_keys=True) if parity is not None else "null",
-        KEY_CALIBRATION: json.dumps(calibration, sort_keys=True) if calibration is not None else "null",
+        KEY_CALIBRATION: json.dumps(temperature, sort_keys=True) if temperature is not None else "null",
         KEY_VIEWS: views,
         KEY_SELF_CHECK: self_check.to_json() if self_check is not None else "null",
     }
@@ -101,8 +114,8 @@ def write_metadata(model_proto, *, variant: str, class_names: tuple[str, ...], o
         entry.key, entry.value = key, value
     model_proto.producer_name = PRODUCER
     model_proto.producer_version = _version_of("cifar-edge")
-    label = variant + ("+flip" if views == "flip" else "")
-    calibrated = f", temperature {calibration['temperature']:.4g} fitted" if calibration else ""
+    label = variant_label(variant, views)
+    calibrated = f", temperature {temperature['temperature']:.4g} fitted" if temperature else ""
     kind = "CIFAR-10" if tuple(class_names) == CIFAR10_CLASSES else f"{len(class_names)}-class"
     model_proto.doc_string = (
         f"{kind} image classifier ({label}{calibrated}) exported from {provenance_info['source']} "

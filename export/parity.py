@@ -21,14 +21,18 @@ from runtime.errors import DataError, ModelError, ThresholdError, listed
 from runtime.model.batching import predict_in_batches
 from runtime.model.confidence import softmax
 from runtime.model.contract import (
+    CIFAR10_CLASSES,
     KEY_OUTPUT,
     KEY_PROVENANCE,
     KEY_VARIANT,
     KEY_VIEWS,
+    InputContract,
     calibration_of,
     variant_label,
 )
 from runtime.model.session import create_session
+
+from .run_record import RunRecord
 
 BATCH_SIZE = 500  # images per inference call: bounded memory, a smooth progress bar
 N_RANDOM, N_PATTERNED = 256, 64  # the synthetic set used when no data is given
@@ -75,13 +79,16 @@ class ParityData:
 def load_test_split(data: str | os.PathLike, limit: int | None = None, input_size: int = 32,
                     model_path: str | os.PathLike | None = None) -> ParityData:
     """The test split of ``data`` (any layout ``train.data`` reads) at ``input_size``, as the run
-    of ``model_path`` split it (``train.data.load_for_model``)."""
-    from runtime.model.contract import CIFAR10_CLASSES
-    from train.data import load_for_model
+    of ``model_path`` split it; an export reads it once in its ``RunRecord`` (``from_test_split``)."""
+    contract = InputContract(height=input_size, width=input_size)
+    return from_test_split(RunRecord.beside(model_path).with_data(data, contract, ("test",)), limit)
 
-    dataset = load_for_model(data, model_path, input_size, splits=("test",))
+
+def from_test_split(run: RunRecord, limit: int | None = None) -> ParityData:
+    """The first ``limit`` images (None: all) of the test split ``run`` read, at its model's size."""
+    dataset = run.dataset
     if len(dataset.x_test) == 0:
-        raise DataError(f"{data}: the test split is empty")
+        raise DataError(f"{run.data}: the test split is empty")
     x, y = dataset.x_test, dataset.y_test
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -159,22 +166,23 @@ class Loaded(NamedTuple):
     variant: str  # "keras", or an ONNX file's from its metadata
     input_size: int  # pixels, square
     views: str = "single"  # "flip": the file averages each image with its mirror
-    calibration: dict | None = None  # the temperature baked in and what it was fitted on, if any
+    temperature: dict | None = None  # the temperature baked in and what it was fitted on, if any
     # The pixel scaling the export baked in front of the model (export.preprocessing), if any:
     # a Keras reference is fed the same way, so it computes what the file does.
     baked_in: object | None = None  # Preprocessing
 
 
-def load_predictor(path: str | os.PathLike) -> Loaded:
-    """A ``.keras`` or ``.onnx`` file's predictor, variant, input size, views and calibration
-    (the last three from the ONNX metadata; a ``.keras`` file has one view and no temperature)."""
+def load_predictor(path: str | os.PathLike, run: RunRecord | None = None) -> Loaded:
+    """A ``.keras`` or ``.onnx`` file's predictor, variant, input size, views and temperature
+    (the last three from the ONNX metadata; a ``.keras`` file, whose ``run`` may be given, has
+    one view and no temperature)."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
     if path.suffix in (".keras", ".h5", ".hdf5"):
         from .convert import load_keras
 
-        source = load_keras(path)
+        source = load_keras(path, run=run)
         return Loaded(as_probabilities(keras_predictor(source.model), source.output_kind), "keras",
                       source.contract.height)
     if path.suffix == ".onnx":
@@ -354,12 +362,12 @@ def format_delta(points: float | None) -> str:
     return "n/a" if points is None else f"{points:+.2f} pt"
 
 
-def calibration_line(calibration: dict) -> str:
+def temperature_line(temperature: dict) -> str:
     """``temperature 1.31 (fitted on ...): ECE 0.167 -> 0.012, NLL ...`` for a report or a log."""
-    parts = [f"temperature {calibration['temperature']:.4g} (fitted on {calibration['fitted_on']})"]
+    parts = [f"temperature {temperature['temperature']:.4g} (fitted on {temperature['fitted_on']})"]
     for where in ("held_out", "test"):
-        if calibration.get(where):
-            before, after = calibration[where]["before"], calibration[where]["after"]
+        if temperature.get(where):
+            before, after = temperature[where]["before"], temperature[where]["after"]
             parts.append(f"{where.replace('_', '-')} ECE {before['ece']:.3f} -> {after['ece']:.3f}, "
                          f"NLL {before['nll']:.3f} -> {after['nll']:.3f}")
     return "; ".join(parts)
@@ -386,7 +394,7 @@ def format_table(report: ParityReport) -> str:
         lines.append(f"{e.label} thresholds: {gates}" + (f"; FAILED: {'; '.join(e.failures)}" if e.failures else ""))
     for e in report.entries:
         if e.calibration:
-            lines.append(f"{e.label} {calibration_line(e.calibration)}")
+            lines.append(f"{e.label} {temperature_line(e.calibration)}")
     lines += report.notes
     if report.stages:
         lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.stages.items()))

@@ -18,6 +18,8 @@ from runtime.image.preprocess import IMAGE_SUFFIXES, prepare, to_batch
 from runtime.model.batching import predict_in_batches
 from runtime.model.contract import InputContract
 
+from .run_record import RunRecord
+
 CALIB_BATCH = 64  # images per calibration run: a few MB of activations at a time
 QUANT_TYPES = ("QUInt8", "QInt8")  # onnxruntime.quantization.QuantType names
 QUANT_FORMATS = ("QDQ", "QOperator")  # onnxruntime.quantization.QuantFormat names
@@ -72,22 +74,27 @@ class Int8Result:
 
 def calibration_from_cifar(data: str | os.PathLike, n: int, seed: int = 0, n_select: int = 2000,
                            input_size: int = 32, model_path: str | os.PathLike | None = None):
-    """(calibration batch, held-out (batch, labels) for choosing float layers) from the train split
-    of ``data`` (CIFAR-10 or any dataset ``train.data`` reads), at ``input_size``, as the run of
-    ``model_path`` split it.
+    """(calibration images, held-out (images, labels) for choosing float layers) from the train
+    split of ``data`` (CIFAR-10 or any dataset ``train.data`` reads), at ``input_size``, as the run
+    of ``model_path`` split it (``calibration_from_train``; an export hands it the split it read)."""
+    contract = InputContract(height=input_size, width=input_size)
+    return calibration_from_train(RunRecord.beside(model_path).with_data(data, contract, ("train",)), n, seed,
+                                  n_select)
+
+
+def calibration_from_train(run: RunRecord, n: int, seed: int = 0, n_select: int = 2000):
+    """(calibration images, held-out (images, labels) for choosing float layers) from the train
+    split ``run`` read, at its model's size.
 
     The two never share an image index (``split_calibration``); the held-out pair is empty when
     calibration takes the whole split. train.data prepares every file through
     runtime.image.preprocess.prepare: x.astype(float32) equals runtime.image.preprocess.to_batch.
     """
-    from train.data import load_for_model
-
-    dataset = load_for_model(data, model_path, input_size, splits=("train",))
-    if len(dataset.x_train) == 0:
-        raise DataError(f"{data}: calibration data missing (the train split is empty)")
-    calib, select = split_calibration(len(dataset.x_train), n, n_select, seed)
-    held_out = (dataset.x_train[select].astype(np.float32), dataset.y_train[select])
-    return dataset.x_train[calib].astype(np.float32), held_out
+    x_train, y_train = run.training.x_train, run.training.y_train
+    if len(x_train) == 0:
+        raise DataError(f"{run.data}: calibration data missing (the train split is empty)")
+    calib, select = split_calibration(len(x_train), n, n_select, seed)
+    return x_train[calib].astype(np.float32), (x_train[select].astype(np.float32), y_train[select])
 
 
 def split_calibration(n_images: int, n_calib: int, n_held_out: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -166,27 +173,41 @@ def _method(name: str):
             "entropy": CalibrationMethod.Entropy}[name]
 
 
-def _quantize_once(pre_path: Path, out_path: Path, calib: np.ndarray, config: Int8Config, exclude: list[str]):
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+@dataclass(frozen=True)
+class _Work:
+    """What every quantization trial of one model shares: the pre-processed float model (in
+    ``pre_path`` and in memory), where each trial is written, and the calibration images."""
 
-    input_name = onnx.load(os.fspath(pre_path), load_external_data=False).graph.input[0].name
-    quantize_static(os.fspath(pre_path), os.fspath(out_path), _Reader(input_name, calib),
-                    quant_format=QuantFormat[config.quant_format], per_channel=config.per_channel,
-                    reduce_range=config.reduce_range, activation_type=QuantType[config.activations],
-                    weight_type=QuantType[config.weights], nodes_to_exclude=exclude,
-                    calibrate_method=_method(config.method),
-                    extra_options={"CalibPercentile": 99.999} if config.method == "percentile" else None)
-    return onnx.load(os.fspath(out_path))
+    pre_path: Path  # quant_pre_process's output (symbolic shapes, ORT fusions), the first Conv made exact
+    pre_proto: object  # the same model, in memory
+    out_path: Path  # where quantize_static writes each trial
+    input_name: str  # the graph's one input, as the FP32 model names it
+    calib: np.ndarray  # (n, S, S, 3) float32 raw 0-255
+    config: Int8Config
+
+    def quantize(self, exclude: list[str]):
+        """One quantize_static run keeping the ``exclude`` nodes float; the INT8 ModelProto."""
+        import onnx
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        config = self.config
+        quantize_static(os.fspath(self.pre_path), os.fspath(self.out_path), _Reader(self.input_name, self.calib),
+                        quant_format=QuantFormat[config.quant_format], per_channel=config.per_channel,
+                        reduce_range=config.reduce_range, activation_type=QuantType[config.activations],
+                        weight_type=QuantType[config.weights], nodes_to_exclude=exclude,
+                        calibrate_method=_method(config.method),
+                        extra_options={"CalibPercentile": 99.999} if config.method == "percentile" else None)
+        return onnx.load(os.fspath(self.out_path))
 
 
-def rank_layers_by_error(float_path: Path, qdq_path: Path, batch_nhwc: np.ndarray) -> list[tuple[str, float]]:
-    """(node name, SQNR dB) of quantized nodes, worst first: onnxruntime's qdq_loss_debug.
+def rank_layers_by_error(float_proto, float_path: Path, qdq_path: Path,
+                         batch_nhwc: np.ndarray) -> list[tuple[str, float]]:
+    """(node name, SQNR dB) of quantized nodes, worst first: onnxruntime's qdq_loss_debug, on the
+    float model (``float_proto``, saved at ``float_path``) and its quantized ``qdq_path``.
 
     The SQNR compares each node's float output with the same tensor after its own QDQ pair,
     so a low value points at the layer where quantization itself loses signal.
     """
-    import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -195,7 +216,7 @@ def rank_layers_by_error(float_path: Path, qdq_path: Path, batch_nhwc: np.ndarra
     )
 
     work = qdq_path.parent
-    input_name = onnx.load(os.fspath(float_path)).graph.input[0].name
+    input_name = float_proto.graph.input[0].name
     aug_float, aug_qdq = work / "aug_float.onnx", work / "aug_qdq.onnx"
     modify_model_output_intermediate_tensors(os.fspath(float_path), os.fspath(aug_float))
     modify_model_output_intermediate_tensors(os.fspath(qdq_path), os.fspath(aug_qdq))
@@ -203,7 +224,7 @@ def rank_layers_by_error(float_path: Path, qdq_path: Path, batch_nhwc: np.ndarra
     float_acts = collect_activations(os.fspath(aug_float), _Reader(input_name, sample))
     qdq_acts = collect_activations(os.fspath(aug_qdq), _Reader(input_name, sample))
     errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
-    producer = {out: node.name for node in onnx.load(os.fspath(float_path)).graph.node for out in node.output}
+    producer = {out: node.name for node in float_proto.graph.node for out in node.output}
     ranked = [(producer[t], float(e["qdq_err"])) for t, e in errors.items()
               if t in producer and "qdq_err" in e]
     return sorted(ranked, key=lambda item: item[1])
@@ -260,58 +281,78 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
     a time, worst SQNR first, until held-out accuracy falls by less than ``config.aim_drop_points``.
     Deltas are INT8 minus FP32, so a fall is negative.
     """
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from .parity import BATCH_SIZE, onnx_predictor
-
     if len(calib) == 0:
         raise DataError("calibration data missing: no calibration images")
     held_out, notes = held_out_apart(calib, held_out, config.min_held_out)
     with tempfile.TemporaryDirectory(prefix="cifar-edge-int8-") as tmp:
-        tmp = Path(tmp)
-        float_path, pre_path, out_path = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / "int8.onnx"
-        onnx.save(fp32_proto, os.fspath(float_path))
-        try:
-            quant_pre_process(os.fspath(float_path), os.fspath(pre_path))
-        except Exception as exc:
-            raise ModelError(f"INT8 pre-processing (symbolic shape inference) failed: {str(exc)[:200]}") from None
-        pre_model = onnx.load(os.fspath(pre_path))
-        softmax = [n.name for n in pre_model.graph.node if n.op_type == "Softmax"]
-        first_conv = next((n.name for n in pre_model.graph.node if n.op_type == "Conv"), "")
-        exact_bits = None
-        if config.float_first_conv and first_conv:
-            exact_bits = exact_first_conv(pre_model, first_conv)
-            onnx.save(pre_model, os.fspath(pre_path))
-
-        def accuracy(proto) -> float:
-            x, y = held_out
-            top1 = predict_in_batches(onnx_predictor(proto), x, BATCH_SIZE).argmax(1)
-            return float(np.mean(top1 == y) * 100)
-
-        exclude = softmax + ([first_conv] if config.float_first_conv and first_conv else [])
-        proto = _quantize_once(pre_path, out_path, calib, config, exclude)
+        work, first_conv, exact_bits = _pre_process(fp32_proto, Path(tmp), calib, config)
+        exclude = [n.name for n in work.pre_proto.graph.node if n.op_type == "Softmax"]
+        exclude += [first_conv] if config.float_first_conv and first_conv else []
+        proto = work.quantize(exclude)
         trials: list[dict] = []
         ranked: list[tuple[str, float]] = []
         if held_out is not None:
-            base = accuracy(fp32_proto)
-            delta = accuracy(proto) - base
-            trials.append({"float_layers": list(exclude), "held_out_delta_points": round(delta, 3)})
-            if delta < -config.aim_drop_points:
-                ranked = rank_layers_by_error(pre_path, out_path, held_out[0])
-                candidates = [name for name, _ in ranked if name not in exclude][:config.max_float_layers]
-                for name in candidates:
-                    exclude.append(name)
-                    trial = _quantize_once(pre_path, out_path, calib, config, exclude)
-                    trial_delta = accuracy(trial) - base
-                    trials.append({"float_layers": list(exclude), "held_out_delta_points": round(trial_delta, 3)})
-                    if trial_delta > delta:
-                        proto, delta = trial, trial_delta
-                    else:
-                        exclude.remove(name)  # keeping it float did not help: quantize it again
-                    if delta >= -config.aim_drop_points:
-                        break
-    recipe = {
+            proto, ranked = _keep_layers_float(work, proto, exclude, trials, fp32_proto, held_out)
+    return Int8Result(proto, _recipe(config, exact_bits, len(calib), held_out, exclude, ranked), trials, notes)
+
+
+def _pre_process(fp32_proto, tmp: Path, calib: np.ndarray, config: Int8Config) -> tuple[_Work, str, int | None]:
+    """(the work every trial shares, the first Conv's name ("" if none), its exact weight bits):
+    quant_pre_process on ``fp32_proto``, then the first Conv made exact when it stays float."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    float_path, pre_path = tmp / "fp32.onnx", tmp / "pre.onnx"
+    onnx.save(fp32_proto, os.fspath(float_path))
+    try:
+        quant_pre_process(os.fspath(float_path), os.fspath(pre_path))
+    except Exception as exc:
+        raise ModelError(f"INT8 pre-processing (symbolic shape inference) failed: {str(exc)[:200]}") from None
+    pre_proto = onnx.load(os.fspath(pre_path))  # what quant_pre_process wrote: fused, shapes inferred
+    first_conv = next((n.name for n in pre_proto.graph.node if n.op_type == "Conv"), "")
+    exact_bits = None
+    if config.float_first_conv and first_conv:
+        exact_bits = exact_first_conv(pre_proto, first_conv)
+        onnx.save(pre_proto, os.fspath(pre_path))
+    work = _Work(pre_path, pre_proto, tmp / "int8.onnx", fp32_proto.graph.input[0].name, calib, config)
+    return work, first_conv, exact_bits
+
+
+def _keep_layers_float(work: _Work, proto, exclude: list[str], trials: list[dict], fp32_proto,
+                       held_out: tuple[np.ndarray, np.ndarray]):
+    """(the best INT8 proto, the layers ranked by SQNR): keep the worst layers float one at a time
+    while it helps, until held-out accuracy is within the aim. ``exclude`` and ``trials`` grow."""
+    from .parity import BATCH_SIZE, onnx_predictor
+
+    def accuracy(proto) -> float:
+        x, y = held_out
+        top1 = predict_in_batches(onnx_predictor(proto), x, BATCH_SIZE).argmax(1)
+        return float(np.mean(top1 == y) * 100)
+
+    aim, base = work.config.aim_drop_points, accuracy(fp32_proto)
+    delta = accuracy(proto) - base
+    trials.append({"float_layers": list(exclude), "held_out_delta_points": round(delta, 3)})
+    if delta >= -aim:
+        return proto, []
+    ranked = rank_layers_by_error(work.pre_proto, work.pre_path, work.out_path, held_out[0])  # the trial above
+    for name in [name for name, _ in ranked if name not in exclude][:work.config.max_float_layers]:
+        exclude.append(name)
+        trial = work.quantize(exclude)
+        trial_delta = accuracy(trial) - base
+        trials.append({"float_layers": list(exclude), "held_out_delta_points": round(trial_delta, 3)})
+        if trial_delta > delta:
+            proto, delta = trial, trial_delta
+        else:
+            exclude.remove(name)  # keeping it float did not help: quantize it again
+        if delta >= -aim:
+            break
+    return proto, ranked
+
+
+def _recipe(config: Int8Config, exact_bits: int | None, n_calib: int, held_out, exclude: list[str],
+            ranked: list[tuple[str, float]]) -> dict:
+    """What goes into provenance.quantization: how the INT8 file was made."""
+    return {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": config.quant_format, "per_channel": config.per_channel, "activations": config.activations,
         "weights": config.weights,
@@ -320,13 +361,12 @@ def quantize_int8(fp32_proto, calib: np.ndarray, config: Int8Config = Int8Config
         "float_first_conv": config.float_first_conv,  # named in float_layers when there is one
         # its weights' significant bits, so that it sums exactly on every CPU (exact_first_conv); None: as trained
         "first_conv_weight_bits": exact_bits,
-        "calibration_method": config.method, "calibration_images": int(len(calib)),
+        "calibration_method": config.method, "calibration_images": int(n_calib),
         "held_out_images": 0 if held_out is None else int(len(held_out[0])),  # none shared with calibration
         "preprocess": "quant_pre_process (symbolic shape inference, ORT fusions)",
         "float_layers": exclude,
         "worst_layers_sqnr_db": [[n, round(s, 2)] for n, s in ranked[:5]],
     }
-    return Int8Result(proto, recipe, trials, notes)
 
 
 # --- FP16 ---------------------------------------------------------------------------------

@@ -41,6 +41,23 @@ def write_folder_dataset(root: Path, n_train: int = 60, n_test: int = 20, fmt: s
     return root
 
 
+
+def write_python_batches(root: Path, n_per_batch: int = 12) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """CIFAR-10's python batches (data_batch_1..5, test_batch) of ``make_images`` in ``root``;
+    returns each batch's (images, labels) by name."""
+    import pickle
+
+    root.mkdir(parents=True)
+    originals = {}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        x, y = make_images(n_per_batch, seed=i)
+        rows = x.transpose(0, 3, 1, 2).reshape(n_per_batch, -1)  # official CHW plane layout
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"batch_label": name.encode(), b"labels": [int(v) for v in y],
+                         b"data": rows, b"filenames": [b"x.png"] * n_per_batch}, fh)
+        originals[name] = (x, y)
+    return originals
+
 OWN_CLASSES = ("parcel", "cat", "empty")  # not CIFAR-10's, and not in sorted order
 OWN_SIZES = ((20, 24), (64, 48), (100, 100))  # (width, height): smaller, wider and larger than 32x32
 

@@ -1,5 +1,10 @@
 """The shape of the code, read from the source with ``ast`` (nothing is imported).
 
+Size: no function of ``runtime``, ``export`` or ``train`` is longer than 60 lines or takes
+more than 8 parameters (``self``/``cls`` not counted; a click command's option list is the
+exception, its body is not), and ``runtime``'s top level holds at most 8 modules besides its
+subpackages: a newcomer finds a change's one place by the folder's name.
+
 Import cycles: no module of ``runtime``, ``export`` or ``train`` takes part in a cycle of
 intra-project imports. Every import statement counts wherever it is written: at the top,
 inside a function (a lazy import) or under ``if TYPE_CHECKING:``, because a cycle through
@@ -148,3 +153,59 @@ def test_the_cycle_finder_reports_a_path():
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join("  " + " -> ".join(cycle) for cycle in cycles)
+
+
+MAX_LINES, MAX_PARAMS, MAX_RUNTIME_TOP_MODULES = 60, 8, 8
+
+
+def _is_click_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Decorated with ``click.command``/``click.option``/``click.argument`` (its parameters
+    are the command line's)."""
+    def name(decorator: ast.expr) -> str:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        return target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+
+    return any(name(d) in ("command", "option", "argument") for d in node.decorator_list)
+
+
+def sizes_in(source: str, where: str) -> list[tuple[str, int, int, bool]]:
+    """(where, lines, parameters, is a click command) for every function, nested ones too."""
+    sizes = []
+    for node in ast.walk(ast.parse(source, filename=where)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            named = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+            params = len([a for a in named if a not in ("self", "cls")])
+            params += bool(args.vararg) + bool(args.kwarg)
+            sizes.append((f"{where}:{node.lineno} {node.name}", node.end_lineno - node.lineno + 1,
+                          params, _is_click_command(node)))
+    return sizes
+
+
+def function_sizes() -> list[tuple[str, int, int, bool]]:
+    return [size for path in project_modules().values()
+            for size in sizes_in(path.read_text(), str(path.relative_to(ROOT)))]
+
+
+def test_the_size_check_counts_lines_parameters_and_knows_click_commands():
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    source = (f"def long(a):\n{body}\n\n"
+              "class C:\n    def many(self, a, b, c, d, e, f, g, h, *rest, **options):\n        pass\n\n"
+              "@click.command()\n@click.option('--a')\n"
+              "def main(a, b, c, d, e, f, g, h, i):\n    def inner(): pass\n")
+    sizes = {where.split(" ")[1]: (lines, params, click) for where, lines, params, click in sizes_in(source, "x.py")}
+    assert sizes == {"long": (61, 1, False), "many": (2, 10, False), "main": (2, 9, True), "inner": (1, 0, False)}
+
+
+def test_no_function_is_too_long_or_takes_too_many_parameters():
+    too_long = [f"{where}: {lines} lines" for where, lines, _, _ in function_sizes() if lines > MAX_LINES]
+    too_many = [f"{where}: {params} parameters" for where, _, params, click in function_sizes()
+                if params > MAX_PARAMS and not click]
+    assert not too_long + too_many, "\n".join(too_long + too_many)
+
+
+def test_runtime_top_level_is_a_few_modules_and_subpackages():
+    top = sorted(p.stem for p in (ROOT / "runtime").glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= MAX_RUNTIME_TOP_MODULES, top
+    packages = sorted(p.name for p in (ROOT / "runtime").iterdir() if (p / "__init__.py").is_file())
+    assert {"model", "image", "camera", "web", "bench", "cli"} <= set(packages)

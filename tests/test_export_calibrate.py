@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import make_images, requires_tf
 
-from runtime.model.confidence import calibration, with_temperature
+from runtime.model.confidence import confidence_figures, with_temperature
 
 pytestmark = requires_tf
 
@@ -191,7 +191,7 @@ def test_calibration_lowers_ece_on_an_over_confident_model(trained_run, tmp_path
     probs = _run(_session(sharp), x)
     t = fit_temperature(probs, y)
     assert t == pytest.approx(4 * honest_t, rel=1e-3)
-    assert calibration(with_temperature(probs, t), y).nll < calibration(probs, y).nll
+    assert confidence_figures(with_temperature(probs, t), y).nll < confidence_figures(probs, y).nll
 
 
 def test_cli_options(trained_run, tmp_path):

@@ -38,11 +38,11 @@ def test_split():
 @pytest.fixture(scope="module")
 def figures(test_split):
     """Accuracy and calibration of each shipped file on the full test split, through the runtime."""
-    from runtime.model.confidence import calibration
+    from runtime.model.confidence import confidence_figures
 
     x, y = test_split
     files = {"fp32": ASSETS / "model.onnx", "int8": ASSETS / "model-int8.onnx", "fp32+flip": SHIPPED / "model-flip.onnx"}
-    return {name: calibration(_probabilities(path, x), y) for name, path in files.items()}
+    return {name: confidence_figures(_probabilities(path, x), y) for name, path in files.items()}
 
 
 # The targets of the calibration-and-accuracy issue, all met by the model bundled now (the

@@ -7,24 +7,11 @@ import tarfile
 
 import numpy as np
 import pytest
-from helpers import CLASSES, make_images, write_folder_dataset
+from helpers import CLASSES, make_images, write_folder_dataset, write_python_batches
 from PIL import Image
 
 from runtime.errors import DataError
 from train.data import load_cifar10, take_slice
-
-
-def write_python_batches(root, n_per_batch=12):
-    root.mkdir(parents=True)
-    originals = {}
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        x, y = make_images(n_per_batch, seed=i)
-        rows = x.transpose(0, 3, 1, 2).reshape(n_per_batch, -1)  # official CHW plane layout
-        with open(root / name, "wb") as fh:
-            pickle.dump({b"batch_label": name.encode(), b"labels": [int(v) for v in y],
-                         b"data": rows, b"filenames": [b"x.png"] * n_per_batch}, fh)
-        originals[name] = (x, y)
-    return originals
 
 
 def test_folder_png(folder_dataset):

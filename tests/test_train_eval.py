@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import requires_tf
 
-from runtime.model.confidence import ECE_BINS, calibration, reliability
+from runtime.model.confidence import ECE_BINS, confidence_figures, reliability
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ECE_LINE = re.compile(r"^confidence (\d\.\d{3}) mean top-1; ECE (\d\.\d{3}) \((\d+) bins\); NLL (\d+\.\d{3})$",
@@ -28,7 +28,7 @@ def assert_calibration(saved: dict, probs: np.ndarray, labels: np.ndarray, out: 
     assert cal["images"] == len(labels) and cal["accuracy"] == pytest.approx(saved["accuracy"], abs=1e-6)
     assert cal["mean_confidence"] == pytest.approx(probs.max(1).mean(), abs=1e-5)
     assert cal["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])), abs=1e-4)
-    assert cal["ece"] == pytest.approx(calibration(probs, labels).ece, abs=1e-5)
+    assert cal["ece"] == pytest.approx(confidence_figures(probs, labels).ece, abs=1e-5)
     bins = saved["reliability"]
     assert len(bins) == ECE_BINS and sum(b["count"] for b in bins) == len(labels)
     assert [b["count"] for b in bins] == [b.count for b in reliability(probs, labels)]

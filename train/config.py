@@ -71,7 +71,7 @@ class TrainConfig:
     # The saved model.keras is always float32, whatever trained it.
     precision: str = "auto"
     # Held out of train for picking the best epoch. None: 10% of the training split, at most
-    # 2,000 (train.fit.auto_val_images); 0: validate on the test split instead.
+    # 2,000 (train.split.auto_val_images); 0: validate on the test split instead.
     val_images: int | None = None
     seed: int | None = None  # None: a random seed, recorded in config.json
     distribute: str = "none"  # "none", "mirrored" (one machine) or "multiworker" (TF_CONFIG's cluster)
@@ -91,8 +91,12 @@ class TrainConfig:
     def load(cls, path: Path) -> "TrainConfig":
         """The config saved in ``path``; a field it predates takes the value that reproduces
         the run as it was trained (``LEGACY``), not today's default."""
-        raw = json.loads(Path(path).read_text())
-        raw = raw.get("config", raw)
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """``load`` on a config.json already read (its "config", or the whole of it)."""
+        raw = saved.get("config", saved)
         known = {f.name for f in fields(cls)}
         return cls(**{**LEGACY, **{k: v for k, v in raw.items() if k in known}})
 

@@ -18,8 +18,7 @@ import numpy as np
 from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import ModelError
 from runtime.model.batching import predict_in_batches
-from runtime.model.confidence import ECE_BINS, Bin
-from runtime.model.confidence import calibration as calibration_of
+from runtime.model.confidence import ECE_BINS, Bin, confidence_figures
 from runtime.model.confidence import reliability as reliability_of
 from runtime.model.confidence import selective as selective_of
 
@@ -39,7 +38,7 @@ class EvalReport:
     per_class: dict[str, dict[str, float]]  # class → precision, recall, f1, support
     confusion: list[list[int]]  # [true][predicted]
     class_names: list[str]
-    calibration: dict = field(default_factory=dict)  # runtime.model.confidence.Calibration.to_dict()
+    calibration: dict = field(default_factory=dict)  # runtime.model.confidence.ConfidenceFigures.to_dict()
     reliability: list[dict] = field(default_factory=list)  # its ECE bins: low, high, count, confidence, accuracy
     # What --min-confidence t keeps: threshold, coverage (share labelled), accuracy of those.
     selective: list[dict] = field(default_factory=list)
@@ -138,7 +137,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike | ImageDataset | 
     report = EvalReport(model=str(model_path), data=dataset.source, images=len(dataset.y_test),
                         accuracy=float(np.mean(y_pred == dataset.y_test)), per_class=per_class,
                         confusion=confusion.tolist(), class_names=list(dataset.class_names),
-                        calibration=calibration_of(probs, dataset.y_test, ECE_BINS).to_dict(), reliability=bins,
+                        calibration=confidence_figures(probs, dataset.y_test, ECE_BINS).to_dict(), reliability=bins,
                         selective=selective_of(probs, dataset.y_test))
     out_dir = Path(out) if out is not None else model_path.parent / f"eval-{model_path.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)

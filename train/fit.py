@@ -35,6 +35,7 @@ from .optim import BiasScaledSGD, OneCycle
 from .preflight import check_run
 from .progress import plural, progress_bar
 from .quiet_import import import_keras
+from .split import Split, auto_val_images, split_validation  # noqa: F401 (importable from here too)
 
 keras = import_keras()
 
@@ -59,14 +60,6 @@ class FitResult:
     best_val_acc: float
     epochs_done: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class Split:
-    x_train: np.ndarray  # (N, S, S, 3) uint8 RGB, S the input size
-    y_train: np.ndarray  # (N,) int64
-    x_val: np.ndarray  # (M, S, S, 3) uint8 RGB: held out of train, or the test split
-    y_val: np.ndarray  # (M,) int64
 
 
 def _stderr(line: str) -> None:
@@ -229,29 +222,6 @@ def _load_dataset(data, config: TrainConfig, resumed: Path | None, quiet: bool |
         dataset = load_dataset(data, quiet=quiet, log=log, input_size=config.input_size,
                                test_files=recorded_test_files(resumed) if resumed else None)
     return take_slice(dataset, config.train_limit, config.test_limit, seed=config.seed)
-
-
-def auto_val_images(n_train: int) -> int:
-    """Held-out images when --val-images is not given: 10% of the training split, at most
-    2,000 (enough to rank epochs to about ±1 point), at least one image."""
-    return max(1, min(2000, n_train // 10))
-
-
-def split_validation(data: ImageDataset, val_images: int | None, seed: int) -> Split:
-    """A fixed, seeded held-out slice of train (``val_images``; None: ``auto_val_images``), or
-    the test split when ``val_images`` is 0."""
-    n = len(data.x_train)
-    if val_images == 0:
-        return Split(data.x_train, data.y_train, data.x_test, data.y_test)
-    if val_images is None:
-        val_images = auto_val_images(n)
-    if val_images >= n:
-        raise CifarEdgeError(f"--val-images {val_images} leaves no training images (the training split "
-                             f"has {n:,}); use fewer, e.g. --val-images {auto_val_images(n)}, "
-                             "or 0 to validate on the test split")
-    order = np.random.default_rng([seed, 1]).permutation(n)
-    val, train = order[:val_images], np.sort(order[val_images:])
-    return Split(data.x_train[train], data.y_train[train], data.x_train[val], data.y_train[val])
 
 
 def batch_for_steps(n_train: int, most: int) -> int:

@@ -80,7 +80,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
 
 
 @dataclass(frozen=True)
-class Calibration:
+class ConfidenceFigures:
     """The calibration figures of one model on one labelled set."""
 
     images: int
@@ -93,10 +93,10 @@ class Calibration:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> Calibration:
+def confidence_figures(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> ConfidenceFigures:
     probs = np.asarray(probs)
     labels = np.asarray(labels)
-    return Calibration(images=len(labels), accuracy=float(np.mean(probs.argmax(1) == labels)),
+    return ConfidenceFigures(images=len(labels), accuracy=float(np.mean(probs.argmax(1) == labels)),
                        mean_confidence=float(probs.max(1).mean()), ece=ece(probs, labels, bins),
                        nll=nll(probs, labels))
 

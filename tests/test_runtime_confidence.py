@@ -10,7 +10,7 @@ import pytest
 
 from runtime.model.confidence import (
     ECE_BINS,
-    calibration,
+    confidence_figures,
     ece,
     fit_temperature,
     nll,
@@ -75,7 +75,7 @@ def test_ece_of_a_hand_made_example():
     bins = reliability(HAND_PROBS, HAND_LABELS)
     assert [(i, b.count) for i, b in enumerate(bins) if b.count] == [(10, 1), (13, 2), (14, 1)]
     assert bins[13].confidence == pytest.approx(0.89) and bins[13].accuracy == 0.5
-    summary = calibration(HAND_PROBS, HAND_LABELS)
+    summary = confidence_figures(HAND_PROBS, HAND_LABELS)
     assert (summary.images, summary.accuracy) == (4, 0.5)
     assert summary.mean_confidence == pytest.approx((0.95 + 0.90 + 0.88 + 0.70) / 4)
     assert set(summary.to_dict()) == {"images", "accuracy", "mean_confidence", "ece", "nll"}
