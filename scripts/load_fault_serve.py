@@ -104,6 +104,14 @@ class Served:
             return float("nan")
         return int(re.search(rf"{key}:\s+(\d+) kB", status)[1]) / 1024
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used so far (user and system, all threads)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -272,19 +280,20 @@ def probe_uploaders(setup: Setup, clients: int = 50, seconds: float = 20) -> dic
                 resets.append(type(exc).__name__)
 
     with Served(setup) as server:
-        port = server.port
+        port, cpu_before = server.port, server.cpu_s()
         threads = [threading.Thread(target=upload) for _ in range(clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(seconds + 60)
-        peak = server.memory_mb()
+        peak, cpu = server.memory_mb(), server.cpu_s() - cpu_before
     total = sum(statuses.values()) + len(resets)
     p50, p95 = (statistics.quantiles(latencies, n=20)[i] for i in (9, 18)) if len(latencies) > 1 else (0, 0)
     answered = ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
     return {f"{clients} uploaders for {seconds:.0f} s ({len(jpeg) // 1024} KB JPEG, a connection each)":
             f"**{len(resets)} resets** of {total} ({', '.join(sorted(set(resets))) or 'none'}); answered "
-            f"{answered}; p50 {p50:.2f} s, **p95 {p95:.2f} s**; peak {peak:.0f} MB"}
+            f"{answered}; p50 {p50:.2f} s, **p95 {p95:.2f} s**; server CPU {cpu * 1000 / max(len(latencies), 1):.0f} ms "
+            f"an upload; peak {peak:.0f} MB"}
 
 
 def probe_big_bodies(setup: Setup, clients: int = 30, size: int = 20 * 2**20 - 4096) -> dict:
