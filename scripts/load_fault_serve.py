@@ -5,6 +5,7 @@ bad framing, a stop mid-upload, a cross-site post, and the stream with 8 viewers
     python scripts/load_fault_serve.py --repo ../main --save-json before.json
     python scripts/load_fault_serve.py --save-json after.json
     python scripts/load_fault_serve.py --compare before.json after.json --write docs/running.md
+    python scripts/load_fault_serve.py --serve-command "{python} scripts/serve_candidates.py aiohttp" ...
 
 Each probe starts its own server (``cifar-serve --port 0`` from ``--repo``, or
 ``cifar-run --camera CLIP --realtime --serve`` for the stream) in a child process, so that
@@ -45,7 +46,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 import load_test_serve as load  # noqa: E402  (the clip, the viewers, the camera loop's rate)
 
-BEGIN, END = "<!-- fault-probes:begin -->", "<!-- fault-probes:end -->"
 HOST = "127.0.0.1"
 RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
 
@@ -395,13 +395,17 @@ def machine_line() -> str:
     from runtime.cpu import cpu_features
 
     cpu = cpu_features()
-    flags = ", ".join(cpu.flags) or "none of AVX-512, VNNI, AMX"
+    missing = [name for name, flags in (("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni", "avx_vnni")))
+               if not set(flags) & set(cpu.flags)]
+    flags = ", ".join(cpu.flags) + "".join(f"; no {name}" for name in missing)
     return (f"Measured {date.today().isoformat()} on {cpu.model}, {cpu.cores} cores ({flags}), loopback, "
             f"load average {'/'.join(f'{x:.1f}' for x in os.getloadavg())} at the end")
 
 
-def table(results: list[dict]) -> str:
+def table(results: list[dict], common: bool = False) -> str:
     rows = list(dict.fromkeys(row for result in results for row in result["rows"]))
+    if common:
+        rows = [row for row in rows if all(row in result["rows"] for result in results)]
     lines = [f"| probe | {' | '.join(r['label'] for r in results)} |",
              "| --- |" + " --- |" * len(results)]
     lines += [f"| {row} | {' | '.join(r['rows'].get(row, '-') for r in results)} |" for row in rows]
@@ -419,9 +423,12 @@ def table(results: list[dict]) -> str:
 @click.option("--save-json", type=click.Path(dir_okay=False, path_type=Path), help="Keep the figures as JSON.")
 @click.option("--compare", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="Print (and --write) a table of saved figures side by side instead of probing.")
+@click.option("--common", is_flag=True, help="With --compare: only the probes every saved run has.")
 @click.option("--write", type=click.Path(dir_okay=False, path_type=Path),
-              help="Replace the fault-probes block of this Markdown file with the table.")
-def main(repo, label, serve_command, only, save_json, compare, write):
+              help="Replace a block of this Markdown file with the table.")
+@click.option("--block", default="fault-probes", show_default=True,
+              help="Which block: between <!-- BLOCK:begin --> and <!-- BLOCK:end -->.")
+def main(repo, label, serve_command, only, save_json, compare, common, write, block):
     """Hostile uploads, slow and many clients, bad framing, SIGTERM mid-upload, a cross-site
     post and the stream with 8 viewers, against a local server; prints a Markdown table."""
     if compare:
@@ -439,12 +446,12 @@ def main(repo, label, serve_command, only, save_json, compare, write):
         results = [{"label": label, "machine": machine_line(), "rows": rows}]
         if save_json:
             save_json.write_text(json.dumps(results[0], indent=1))
-    text = table(results)
+    text = table(results, common)
     click.echo(text)
     if write:
         from runtime.atomic import write_marked
 
-        write_marked(write, BEGIN, END, text)
+        write_marked(write, f"<!-- {block}:begin -->", f"<!-- {block}:end -->", text)
 
 
 if __name__ == "__main__":
