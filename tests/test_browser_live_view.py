@@ -8,7 +8,7 @@ the page's file input and reads their labels, and takes a screenshot; set
 ``CIFAR_EDGE_SCREENSHOT=docs/img/live-view.png`` to keep it for the docs.
 
 Skipped without Chromium and ChromeDriver (``apt-get install chromium chromium-driver``;
-``.ci/run`` installs them), Selenium (the dev extra) or OpenCV (the camera extra).
+``.ci/run`` installs them), Selenium (the dev extra), or OpenCV and aiohttp (the camera extra).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ if not (CHROMIUM and CHROMEDRIVER):
                 "(.ci/run installs them)", allow_module_level=True)
 pytest.importorskip("selenium", reason="needs Selenium: pip install -e '.[dev]'")
 pytest.importorskip("cv2", reason="needs OpenCV to play the clip: pip install -e '.[camera]'")
+pytest.importorskip("aiohttp", reason="needs the serve extra (the camera extra brings it): pip install -e '.[camera]'")
 
 from selenium import webdriver  # noqa: E402  (after the skips: absent where they skip)
 from selenium.webdriver.chrome.service import Service  # noqa: E402

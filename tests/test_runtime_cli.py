@@ -243,12 +243,27 @@ def test_no_heavy_imports(tiny_model, images):
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         f"loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
         "assert not loaded, f'loaded: {loaded}'\n"
+        "assert 'aiohttp' not in sys.modules, 'the web server got loaded'\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "airplane" in [row["label"] for row in json_rows(proc.stdout)]
+
+
+@pytest.mark.parametrize("prog, args", [("cifar-serve", []), ("cifar-run", ["--camera", "clip.mp4", "--serve", "0"])])
+def test_without_the_serve_extra_one_line_says_what_to_install(prog, args):
+    """The web server is the serve extra: without aiohttp, cifar-serve and cifar-run --serve
+    stop in one line, before a model or a camera is opened."""
+    module = "serve" if prog == "cifar-serve" else "run"
+    code = ("import sys\nsys.modules['aiohttp'] = None  # as if it were not installed\n"
+            f"from runtime.cli.{module} import main\nsys.argv = {[prog, *args]!r}\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [f"{prog}: error: the web server needs aiohttp, which the base install "
+                                        "leaves out: pip install 'cifar-edge[serve]'"]
 
 
 def test_console_script_runs(tiny_model, images):

@@ -163,3 +163,44 @@ def test_bytes_decode_as_the_file_does_with_a_reason_for_each_refusal(tmp_path):
     with pytest.raises(ImageError) as caught:
         load_image(tmp_path / "nowhere.jpg")
     assert caught.value.reason == "missing"
+
+
+def _encoded(image: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def test_decode_budget_refuses_from_the_header(monkeypatch):
+    """With max_bytes, a file whose decoding would hold more memory is refused before a pixel
+    is decoded; the estimate counts Pillow's bytes per pixel and the conversion to RGB."""
+    from PIL import ImageFile
+
+    from runtime.image.preprocess import decode_bytes
+
+    assert decode_bytes("L", (100, 100)) == 100 * 100 * (1 + 4)  # L, then an RGB copy (4 bytes stored)
+    assert decode_bytes("RGB", (100, 100)) == 100 * 100 * 4
+    assert decode_bytes("RGB", (100, 100), upright=False) == 100 * 100 * 8  # and its turned copy
+    assert decode_bytes("RGBA", (100, 100)) == 100 * 100 * 12  # itself, a white background, the composite
+    png = _encoded(Image.new("RGBA", (1000, 1000), (255, 0, 0, 128)), "PNG")  # 11 MB to decode, 4 kB to send
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded before the budget check"))
+    with pytest.raises(ImageError) as caught:
+        load_image(png, name="big.png", max_bytes=2 * 2**20)
+    assert caught.value.reason == "too_large" and "1000x1000 RGBA takes about 11 MB" in str(caught.value)
+
+
+def test_a_large_jpeg_fits_the_budget_decoded_reduced():
+    jpeg = _encoded(Image.new("RGB", (3000, 2000), RED), "JPEG")  # 23 MB to decode whole, 1/64 drafted
+    with pytest.raises(ImageError, match="over this server's 2 MB"):
+        load_image(jpeg, max_bytes=2 * 2**20)
+    assert load_image(jpeg, (64, 64), max_bytes=2 * 2**20).size == (375, 250)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_transparency_composites_onto_white_as_before(mode):
+    """RGBA is composited without a copy of itself now: the pixels are those of the copy."""
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), "RGBA").convert(mode)
+    rgba = image.convert("RGBA")
+    before = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    assert np.array_equal(np.asarray(load_image(image)), np.asarray(before))

@@ -23,14 +23,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from runtime.camera import live as camera_live
-from runtime.camera import loop as camera_loop
-from runtime.cli.run import main as cifar_run
-from runtime.cli.serve import main as cifar_serve
-from runtime.model.classifier import Classifier
-from runtime.web import ServeConfig, WebServer
-from runtime.web.auth import Access
-from runtime.web.stream import FrameHub
+pytest.importorskip("aiohttp", reason="needs the serve extra: pip install -e '.[serve]'")
+
+from runtime.camera import live as camera_live  # noqa: E402  (after the skip: the server needs aiohttp)
+from runtime.camera import loop as camera_loop  # noqa: E402
+from runtime.cli.run import main as cifar_run  # noqa: E402
+from runtime.cli.serve import main as cifar_serve  # noqa: E402
+from runtime.model.classifier import Classifier  # noqa: E402
+from runtime.web import ServeConfig, WebServer  # noqa: E402
+from runtime.web.auth import Access  # noqa: E402
+from runtime.web.stream import FrameHub  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RED_BGR = (0, 0, 255)

@@ -244,7 +244,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                 raise click.UsageError("--camera cannot be combined with image SOURCES or --grid")
             serve_config = None
             if serve is not None:
-                from runtime.web import ServeConfig
+                from runtime.web import ServeConfig, WebServer  # noqa: F401  (without the serve extra: one line, now)
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
             clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)

@@ -7,7 +7,8 @@ curl --data-binary @cat.jpg http://127.0.0.1:8000/api/classify
 
 The page takes several images at once (a form, or drag and drop); POST /api/classify takes an
 image as the multipart field 'image' or as the raw body and answers with JSON. For a live
-camera in the browser, see cifar-run --camera SRC --serve PORT.
+camera in the browser, see cifar-run --camera SRC --serve PORT. The server is the serve
+extra: pip install 'cifar-edge[serve]'.
 """
 
 from __future__ import annotations

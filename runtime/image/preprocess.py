@@ -24,6 +24,14 @@ from runtime.model.contract import InputContract
 # 50 Mpx is above any camera a Pi or Jetson user will meet, far below a bomb.
 MAX_PIXELS = 50_000_000
 
+# Bytes per pixel Pillow keeps for a decoded image of each mode (RGB is stored as 4 bytes),
+# and the most that converting it to RGB (``_to_rgb``) holds besides: an upright RGBA image
+# keeps itself, a white background and their composite; 16-bit and float greyscale pass
+# through float64 arrays. Modes not named store 4 bytes and convert with one RGB copy.
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+_CONVERT_BYTES = {"RGB": 0, "RGBA": 8, "LA": 12, "PA": 12, "I;16": 21, "I;16B": 21, "I;16L": 21,
+                  "I": 21, "F": 21}
+
 # The file suffixes (lower case) taken as images wherever a folder is searched: runtime,
 # calibration and training data alike. All are formats Pillow reads.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
@@ -65,27 +73,40 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Composite transparency onto white, as a viewer would show it.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # Composite transparency onto white, as a viewer would show it (RGBA as it is: a
+        # copy would cost 4 bytes a pixel more, for the same pixels).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        composite = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        return composite.convert("RGB")
     return image.convert("RGB")
 
 
+def decode_bytes(mode: str, size: tuple[int, int], info: dict | None = None, upright: bool = True) -> int:
+    """The most memory, in bytes, that decoding an image of ``mode`` and ``size`` (as its header
+    says, after any draft) and converting it to upright RGB holds at once: the decoded pixels,
+    then either the conversion's or, for an image its EXIF turns (``upright=False``), the
+    turned copy's. An estimate from the header, so that a file is refused before it is decoded."""
+    stored = _STORED_BYTES.get(mode, 4)
+    convert = 12 if mode == "P" and "transparency" in (info or {}) else _CONVERT_BYTES.get(mode, 4)
+    return size[0] * size[1] * (stored + max(convert, 0 if upright else stored))
+
+
 def load_image(source: ImageSource | bytes, draft_size: tuple[int, int] | None = None,
-               name: str | None = None) -> Image.Image:
+               name: str | None = None, max_bytes: int | None = None) -> Image.Image:
     """Open ``source`` (a path, a PIL image, or the bytes of an image file, e.g. an upload,
     called ``name`` in messages) as an upright 8-bit RGB PIL image.
 
     EXIF orientation is applied. With ``draft_size``, JPEGs are decoded at a reduced scale
-    no smaller than that size (Pillow's draft mode), which is much faster on a Pi.
+    no smaller than that size (Pillow's draft mode), which is much faster on a Pi. With
+    ``max_bytes``, a file whose decoding would hold more memory than that (``decode_bytes``,
+    from its header, after the draft) is refused before it is decoded.
     Raises ImageError naming the file for anything unreadable; its ``reason`` says which
     check failed ("missing", "empty", "too_large", "not_image", "corrupt").
     """
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        image = _decode(io.BytesIO(source), name or "<image bytes>", len(source), draft_size)
+        image = _decode(io.BytesIO(source), name or "<image bytes>", len(source), draft_size, max_bytes)
     else:
         name = os.fspath(source)
         path = Path(name)
@@ -93,7 +114,7 @@ def load_image(source: ImageSource | bytes, draft_size: tuple[int, int] | None =
             raise ImageError(f"{name}: no such file", reason="missing")
         if path.is_dir():
             raise ImageError(f"{name}: is a directory, not an image", reason="missing")
-        image = _decode(path, name, path.stat().st_size, draft_size)
+        image = _decode(path, name, path.stat().st_size, draft_size, max_bytes)
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF must not make an otherwise good image unusable
@@ -101,8 +122,10 @@ def load_image(source: ImageSource | bytes, draft_size: tuple[int, int] | None =
     return _to_rgb(image)
 
 
-def _decode(file, name: str, size: int, draft_size: tuple[int, int] | None) -> Image.Image:
-    """Decode one image file (a path or a binary file object): the size limits, draft mode."""
+def _decode(file, name: str, size: int, draft_size: tuple[int, int] | None,
+            max_bytes: int | None) -> Image.Image:
+    """Decode one image file (a path or a binary file object): the size limits, draft mode,
+    the memory budget."""
     if size == 0:
         raise ImageError(f"{name}: empty file", reason="empty")
     try:
@@ -114,7 +137,9 @@ def _decode(file, name: str, size: int, draft_size: tuple[int, int] | None) -> I
                 raise ImageError(f"{name}: {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
                                  "(possible decompression bomb)", reason="too_large")
             if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", draft_size)
+                image.draft("RGB", draft_size)  # decodes at 1/2, 1/4 or 1/8 scale: size and mode change
+            if max_bytes is not None:
+                _check_budget(image, name, max_bytes)
             image.load()
     except ImageError:
         raise
@@ -125,6 +150,23 @@ def _decode(file, name: str, size: int, draft_size: tuple[int, int] | None) -> I
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})", reason="corrupt") from None
     return image
+
+
+def _check_budget(image: Image.Image, name: str, max_bytes: int) -> None:
+    """Refuse, from the header, an image whose decoding would hold more than ``max_bytes``."""
+    if image.format == "PNG" and "exif" not in image.info:
+        orientation = 0  # Pillow would decode the whole PNG to look for EXIF after its pixels: may turn
+    else:
+        try:
+            orientation = image.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block: load_image ignores it, so no turn
+            orientation = 1
+    need = decode_bytes(image.mode, image.size, image.info, upright=orientation == 1)
+    if need > max_bytes:
+        w, h = image.size
+        raise ImageError(f"{name}: decoding {w}x{h} {image.mode} takes about {need / 2**20:,.0f} MB of "
+                         f"memory, over this server's {max_bytes / 2**20:,.0f} MB for one image (send it "
+                         "smaller, or as a JPEG)", reason="too_large")
 
 
 def _resample(contract: InputContract) -> tuple[Image.Resampling, float]:

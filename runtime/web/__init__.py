@@ -1,4 +1,4 @@
-"""Live view and upload in the browser, on the standard library's HTTP server.
+"""Live view and upload in the browser, served by aiohttp (the ``serve`` extra).
 
 ``WebServer(classifier, ServeConfig(...), live=True)`` serves a page with the camera's
 annotated stream and its live top-k, an MJPEG stream, the newest prediction as JSON, and an
@@ -6,16 +6,24 @@ upload that classifies any image; ``cifar-run --camera SRC --serve PORT`` and ``
 are its commands. No OpenCV here: frames are drawn and encoded with Pillow.
 """
 
-from runtime.web.config import ServeConfig, is_loopback, parse_address
+from runtime.web.config import SERVE_EXTRA, ServeConfig, ServeError, is_loopback, parse_address
 
 __all__ = ["ServeConfig", "ServeError", "WebServer", "is_loopback", "parse_address"]
 
+# What the server needs beyond the base install (the serve extra): without them, one line.
+SERVE_PACKAGES = ("aiohttp", "multidict", "yarl", "frozenlist", "aiosignal", "propcache", "aiohappyeyeballs")
+
 
 def __getattr__(name: str):
-    # The server (http.server and the page code, ~40 ms of imports) loads when it is first
-    # used, so the commands that only read a constant of the config (--token's help) start fast.
-    if name in ("ServeError", "WebServer"):
-        from runtime.web import server
-
-        return getattr(server, name)
+    # The server (aiohttp and the page code) loads when it is first used, so that importing
+    # runtime, or a command that only reads a constant of the config, loads none of it.
+    if name == "WebServer":
+        try:
+            from runtime.web import server
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in SERVE_PACKAGES:
+                raise
+            raise ServeError(f"the web server needs {exc.name}, which the base install leaves out: "
+                             f"{SERVE_EXTRA}") from None
+        return server.WebServer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,9 @@ The token is accepted as ``Authorization: Bearer TOKEN`` (scripts), as ``?token=
 URL printed at start), which also sets an HttpOnly, SameSite=Strict cookie so that the page's
 stream and API calls need nothing more, or as that cookie. Without a token (loopback), the
 Host header must name this machine, so that a web page cannot reach the server through a
-host name it re-points at 127.0.0.1 (DNS rebinding).
+host name it re-points at 127.0.0.1 (DNS rebinding). Whatever the address, a request that
+changes something (a POST) and says it comes from another site (``Origin``,
+``Sec-Fetch-Site``) is refused: a page elsewhere cannot make a visitor's browser upload to it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Mapping
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from runtime.web.config import LOOPBACK_NAMES, ServeConfig
 
@@ -69,6 +71,35 @@ class Access:
 
     def _matches(self, given: str) -> bool:
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # methods that change nothing here
+SAME_SITE_FETCHES = ("same-origin", "none")  # Sec-Fetch-Site of the page's own requests, or a typed URL
+
+
+def same_origin(method: str, headers: Mapping[str, str]) -> Verdict:
+    """FORBIDDEN for a state-changing request that a browser marks as sent by another origin
+    (a cross-site form or fetch); OK for everything else, scripts (no such headers) included."""
+    if method.upper() in SAFE_METHODS:
+        return Verdict(HTTPStatus.OK)
+    fetch_site = (headers.get("Sec-Fetch-Site") or "").strip().lower()
+    origin = (headers.get("Origin") or "").strip()
+    if fetch_site and fetch_site not in SAME_SITE_FETCHES:
+        return _cross_site(f"Sec-Fetch-Site: {fetch_site}")
+    if origin and _origin_host(origin) != (headers.get("Host") or "").strip().lower():
+        return _cross_site(f"Origin: {origin}")
+    return Verdict(HTTPStatus.OK)
+
+
+def _origin_host(origin: str) -> str | None:
+    """"http://127.0.0.1:8000" -> "127.0.0.1:8000"; None for "null" and anything not http(s)."""
+    parts = urlsplit(origin)
+    return parts.netloc.lower() if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def _cross_site(said: str) -> Verdict:
+    return Verdict(HTTPStatus.FORBIDDEN, f"refused: a request from another site ({said}); this "
+                   "server takes uploads from its own page and from scripts only")
 
 
 def _cookie(header: str | None, name: str) -> str:
