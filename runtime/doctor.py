@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from runtime import __version__
 from runtime.camera.picamera import INSTALL_HINT
 from runtime.cpu import CpuInfo, cpu_features
@@ -32,6 +34,9 @@ from runtime.model.providers import cache_root, gpu_install_hint, resolve, short
 
 OK, NOTE, PROBLEM = "ok", "note", "problem"
 OS_RELEASE = Path("/etc/os-release")
+# Where Debian's apt puts Python packages (python3-numpy, python3-picamera2, python3-simplejpeg):
+# a venv made with --system-site-packages sees them, after its own.
+APT_PACKAGES = Path("/usr/lib/python3/dist-packages")
 DEVICE_MODEL = Path("/proc/device-tree/model")  # a Raspberry Pi's or a Jetson's board name
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # a Jetson's L4T release: "# R36 (release), REVISION: 4.0, ..."
 MEMINFO = Path("/proc/meminfo")
@@ -227,6 +232,41 @@ def check_opencv(board: Board, cv2=None, error: BaseException | None = None) -> 
         return Check("opencv", NOTE, f"{detail}: a CSI camera (nvarguscamerasrc) needs GStreamer",
                      jetson_fix)
     return Check("opencv", OK, detail)
+
+
+def apt_version(name: str, dist_packages: Path = APT_PACKAGES) -> str | None:
+    """The version of an apt-installed Python package, from its dist-info/egg-info folder name
+    (``numpy-2.2.4.dist-info``, ``numpy-1.24.2.egg-info``); None when apt has not installed it."""
+    for info in sorted(dist_packages.glob(f"{name}-*.*-info")):
+        match = re.match(rf"{name}-(\d[^-]*?)(?:\.dist-info|\.egg-info)$", info.name)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    numbers = [int(n) for n in re.findall(r"\d+", version)[:2]]
+    return (numbers + [0, 0])[0], (numbers + [0, 0])[1]
+
+
+def check_numpy(numpy_version: str, numpy_path: str, dist_packages: Path = APT_PACKAGES) -> Check:
+    """The NumPy this Python imports, against the one apt's picamera2 (and the simplejpeg it
+    uses, compiled against it) was built with: a venv's pip NumPy shadows apt's, and a NumPy
+    older than the build, or of another major version, breaks the import of picamera2 (a
+    problem); a newer one of the same major version runs it."""
+    apt_numpy = apt_version("numpy", dist_packages)
+    where = "apt's" if Path(numpy_path).resolve().is_relative_to(dist_packages.resolve()) else "pip's"
+    detail = f"{numpy_version} ({where}, {Path(numpy_path).parent})"
+    if where == "apt's" or apt_numpy is None or not (dist_packages / "picamera2").is_dir():
+        return Check("numpy", OK, detail)
+    detail += f"; apt's picamera2 was built with apt's NumPy {apt_numpy}, which pip's shadows"
+    fix = ("in the venv: pip uninstall numpy (the venv then uses apt's; pip keeps it when it "
+           f"satisfies a requirement), or pin it: pip install 'numpy=={apt_numpy}'")
+    used, built = _major_minor(numpy_version), _major_minor(apt_numpy)
+    if used[0] != built[0] or used < built:
+        return Check("numpy", PROBLEM, detail, fix)
+    # A compiled module runs on a newer NumPy of the major version it was built with.
+    return Check("numpy", OK, f"{detail} (newer, of the same major version: it runs what was built for it)")
 
 
 def _numpy_clash(error: BaseException) -> bool:
@@ -439,6 +479,7 @@ def run_checks(model: str | os.PathLike | None = None, provider: str = "auto") -
             _guarded("threads", check_threads, cpu, board, usable),
             _guarded("onnxruntime", check_onnxruntime, board),
             _guarded("opencv", check_opencv, board, cv2, cv2_error),
+            _guarded("numpy", check_numpy, np.__version__, np.__file__),
             _guarded("picamera2", check_picamera2, board, picamera2, picamera2_error),
             _guarded("cameras", check_cameras, picamera2),
             _guarded("display", check_display, cv2),

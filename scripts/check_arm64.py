@@ -1,12 +1,15 @@
-"""arm64 under emulation: the runtime wheel installs with no network in a Debian bookworm arm64
-root (the base of Raspberry Pi OS 64-bit) and gives the host's answers.
+"""arm64 under emulation: the runtime wheel installs with no network in a Debian arm64 root
+(trixie, the base of today's Raspberry Pi OS, or bookworm, the one before) and gives the host's
+answers.
 
-    sudo .venv/bin/python scripts/check_arm64.py      # the first run builds the root (minutes)
-    sudo .venv/bin/python scripts/check_arm64.py      # later runs reuse it
+    sudo .venv/bin/python scripts/check_arm64.py                   # trixie; the first run builds the root
+    sudo .venv/bin/python scripts/check_arm64.py --suite bookworm  # later runs reuse each suite's root
 
-On the host: build the project wheel from this checkout and download the arm64 (CPython 3.11)
-wheels of the base dependencies at the versions installed here. In the root, through
-qemu-user and binfmt_misc, in a network namespace with no network: ``python3 -m venv``,
+On the host: build the project wheel from this checkout and download the arm64 wheels of the
+base dependencies at the versions installed here, for the suite's CPython (trixie 3.13,
+bookworm 3.11). In the root, through qemu-user and binfmt_misc, in a network namespace with no
+network: ``python3 -m venv`` (on trixie ``--system-site-packages`` beside apt's python3-numpy,
+as apt's picamera2 needs: pip must keep apt's NumPy, and the check fails if it replaced it),
 ``pip install --no-index`` from those wheels only, ``cifar-run --json`` on the sample images
 with the bundled INT8 model (the default) and the bundled FP32 one on each emulated CPU (a
 Raspberry Pi 4's Cortex-A72 and a Pi 5's Cortex-A76), and ``cifar-doctor`` when the wheel has
@@ -18,7 +21,7 @@ line each, with the fix) or a step that failed. Needs root (debootstrap, chroot)
 qemu-user-static and binfmt_misc registered for aarch64; on Debian:
 ``apt-get install debootstrap qemu-user-static binfmt-support``. The root is cached in
 cifar-edge's cache folder (``$CIFAR_EDGE_CACHE``, else ``~/.cache/cifar-edge``) as
-``arm64-root/``; --fresh-root builds it again.
+``arm64-SUITE-root/``; --fresh-root builds it again.
 """
 
 from __future__ import annotations
@@ -47,9 +50,6 @@ from runtime.model.providers import cache_root
 
 PROG = "check_arm64"
 REPO = Path(__file__).resolve().parents[1]
-SUITE = "bookworm"  # Raspberry Pi OS 64-bit is Debian bookworm arm64
-ROOT_PACKAGES = ("python3", "python3-venv")  # on top of debootstrap's minbase
-ROOT_PYTHON = "3.11"  # bookworm's python3: the wheels are downloaded for it
 ARM64_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64")
 BASE_DEPENDENCIES = ("numpy", "pillow", "onnxruntime", "click")  # pyproject's dependencies
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -72,6 +72,23 @@ TOOLS = (("debootstrap", "apt-get install debootstrap"),
 
 class StepFailed(CifarEdgeError):
     """A command of one of the steps failed; the message carries its last lines."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A Debian release as Raspberry Pi OS 64-bit is built on it."""
+
+    name: str
+    python: str  # its python3: the arm64 wheels are downloaded for it
+    packages: tuple[str, ...]  # on top of debootstrap's minbase
+    # NumPy from apt (python3-numpy, what apt's picamera2 is built against) and a venv made with
+    # --system-site-packages, as the Pi docs say; False: the venv's own NumPy from pip.
+    apt_numpy: bool
+
+
+SUITES = {"trixie": Suite("trixie", "3.13", ("python3", "python3-venv", "python3-numpy"), apt_numpy=True),
+          "bookworm": Suite("bookworm", "3.11", ("python3", "python3-venv"), apt_numpy=False)}
+APT_PACKAGES = "/usr/lib/python3/dist-packages"  # where apt's python3-numpy lives in the root
 
 
 # -- prerequisites ---------------------------------------------------------------------------------
@@ -224,7 +241,7 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def ensure_root(root: Path, mirror: str, fresh: bool) -> str:
+def ensure_root(root: Path, suite: Suite, mirror: str, fresh: bool) -> str:
     """The cached arm64 root, built with debootstrap when absent; says which it was."""
     if fresh:
         remove_tree(root)
@@ -237,8 +254,8 @@ def ensure_root(root: Path, mirror: str, fresh: bool) -> str:
     partial.parent.mkdir(parents=True, exist_ok=True)
     # Its own mount namespace: the /proc and /sys debootstrap mounts vanish with it, even when killed.
     run(["unshare", "--mount", "--", "debootstrap", "--arch=arm64", "--variant=minbase",
-         f"--include={','.join(ROOT_PACKAGES)}", SUITE, str(partial), mirror], stream=True)
-    (partial / ROOT_MARKER).write_text(f"debootstrap {SUITE} arm64 minbase + {' '.join(ROOT_PACKAGES)}, "
+         f"--include={','.join(suite.packages)}", suite.name, str(partial), mirror], stream=True)
+    (partial / ROOT_MARKER).write_text(f"debootstrap {suite.name} arm64 minbase + {' '.join(suite.packages)}, "
                                        f"{datetime.now():%Y-%m-%d %H:%M}\n")
     partial.rename(root)
     return f"built {root} with debootstrap from {mirror}"
@@ -259,18 +276,20 @@ def build_project_wheel(out: Path) -> Path:
     return next(out.glob("cifar_edge-*.whl"))
 
 
-def host_versions() -> list[str]:
-    """``name==version`` of each base dependency installed here: arm64 gets the very same."""
+def host_versions(suite: Suite) -> list[str]:
+    """``name==version`` of each base dependency installed here: arm64 gets the very same, but
+    for NumPy on a suite whose NumPy comes from apt."""
+    names = [name for name in BASE_DEPENDENCIES if not (suite.apt_numpy and name == "numpy")]
     try:
-        return [f"{name}=={importlib.metadata.version(name)}" for name in BASE_DEPENDENCIES]
+        return [f"{name}=={importlib.metadata.version(name)}" for name in names]
     except importlib.metadata.PackageNotFoundError as exc:
         raise StepFailed(f"{exc.name} is not installed for {sys.executable}: pip install -e . first") from exc
 
 
-def download_arm64_wheels(wheels: Path, pins: list[str]) -> list[str]:
+def download_arm64_wheels(wheels: Path, pins: list[str], python: str) -> list[str]:
     platforms = [arg for platform in ARM64_PLATFORMS for arg in ("--platform", platform)]
     run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *platforms,
-         "--python-version", ROOT_PYTHON, "--implementation", "cp", "-d", str(wheels), *pins])
+         "--python-version", python, "--implementation", "cp", "-d", str(wheels), *pins])
     return sorted(p.name for p in wheels.glob("*.whl"))
 
 
@@ -304,22 +323,27 @@ def host_runs(wheel: Path, unpacked: Path, images: Path) -> dict[str, dict]:
                     str(unpacked / "runtime" / "assets"), cwd=unpacked, env=env)
 
 
-def install_in_root(root: Path, wheels: list[Path], images: Path) -> str:
-    """Copy the wheels and images in; venv and pip install with no network. Returns what runs there."""
+def install_in_root(root: Path, suite: Suite, wheels: list[Path], images: Path) -> str:
+    """Copy the wheels and images in; venv and pip install with no network. Returns what runs
+    there; on an apt-NumPy suite, fails if pip put its own NumPy in front of apt's."""
     work = root / IN_ROOT.lstrip("/")
     remove_tree(work)
     (work / "wheels").mkdir(parents=True)
     for wheel in wheels:
         shutil.copy2(wheel, work / "wheels")
     shutil.copytree(images, work / "images")
-    run(in_root(root, ["python3", "-m", "venv", f"{IN_ROOT}/venv"]))
+    system = ["--system-site-packages"] if suite.apt_numpy else []
+    run(in_root(root, ["python3", "-m", "venv", *system, f"{IN_ROOT}/venv"]))
     run(in_root(root, [f"{IN_ROOT}/venv/bin/pip", "install", "-q", "--no-index", "--find-links",
                        f"{IN_ROOT}/wheels", "cifar-edge"]))
-    probe = ("import platform, socket, numpy, PIL, onnxruntime; print(platform.machine(), 'Python', "
-             "platform.python_version(), 'numpy', numpy.__version__, 'Pillow', PIL.__version__, "
-             "'onnxruntime', onnxruntime.__version__, '- network interfaces:', "
+    probe = ("import os, platform, socket, numpy, PIL, onnxruntime; print(platform.machine(), 'Python', "
+             "platform.python_version(), 'numpy', numpy.__version__, 'from', os.path.dirname(numpy.__file__), "
+             "'Pillow', PIL.__version__, 'onnxruntime', onnxruntime.__version__, '- network interfaces:', "
              "' '.join(name for _, name in socket.if_nameindex()))")
-    return run(in_root(root, [f"{IN_ROOT}/venv/bin/python", "-c", probe])).strip()
+    found = run(in_root(root, [f"{IN_ROOT}/venv/bin/python", "-c", probe])).strip()
+    if suite.apt_numpy and f"from {APT_PACKAGES}/numpy" not in found:
+        raise StepFailed(f"pip replaced apt's NumPy in the venv, which apt's picamera2 cannot use: {found}")
+    return found
 
 
 def arm64_runs(root: Path, cpu: str) -> dict[str, dict]:
@@ -344,10 +368,13 @@ def run_doctor(root: Path, commands: set[str], cpu: str) -> bool:
 # -- the command -----------------------------------------------------------------------------------
 
 @click.command()
+@click.option("--suite", type=click.Choice(list(SUITES)), default="trixie", show_default=True,
+              help="The Debian release of the root: trixie (Raspberry Pi OS since late 2025: Python 3.13, "
+                   "NumPy 2 from apt) or bookworm (Python 3.11).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=cache_root,
               show_default="$CIFAR_EDGE_CACHE, else ~/.cache/cifar-edge",
-              help="The folder that keeps the arm64 root (arm64-root/: about 300 MB, and 240 MB more of the "
-                   "last run's wheels and venv in its opt/cifar-check, left to look into).")
+              help="The folder that keeps each suite's arm64 root (arm64-SUITE-root/: about 300 MB, and 240 MB "
+                   "more of the last run's wheels and venv in its opt/cifar-check, left to look into).")
 @click.option("--fresh-root", is_flag=True, help="Build the root again with debootstrap even when one is cached.")
 @click.option("--mirror", default="http://deb.debian.org/debian", show_default=True,
               help="The Debian mirror debootstrap downloads from.")
@@ -360,9 +387,10 @@ def run_doctor(root: Path, commands: set[str], cpu: str) -> bool:
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="The largest difference of a probability between the host and arm64 that passes.")
 @traceback_option
-def main(cache, fresh_root, mirror, images, cpus, tolerance, show_traceback):
-    """Install the runtime wheel in an emulated Debian bookworm arm64 root with no network and
-    check that cifar-run gives the host's labels and probabilities there."""
+def main(suite, cache, fresh_root, mirror, images, cpus, tolerance, show_traceback):
+    """Install the runtime wheel in an emulated Debian arm64 root (trixie or bookworm) with no
+    network and check that cifar-run gives the host's labels and probabilities there."""
+    suite = SUITES[suite]
 
     def body():
         steps = Steps()
@@ -372,21 +400,21 @@ def main(cache, fresh_root, mirror, images, cpus, tolerance, show_traceback):
                 click.echo(f"{PROG}: missing: {line}", err=True)
             if missing:
                 return ExitCode.ERROR
-        root = cache / "arm64-root"
+        root = cache / f"arm64-{suite.name}-root"
         with tempfile.TemporaryDirectory(prefix="check-arm64-") as tmp:
             tmp, arm64_wheels = Path(tmp), Path(tmp) / "arm64-wheels"  # fresh: only what pip resolved now
-            with steps("arm64 root (debootstrap, or the cached one)"):
-                click.echo(f"   {ensure_root(root, mirror, fresh_root)}")
+            with steps(f"arm64 {suite.name} root (debootstrap, or the cached one)"):
+                click.echo(f"   {ensure_root(root, suite, mirror, fresh_root)}")
             with steps("project wheel (pip wheel --no-deps)"):
                 wheel = build_project_wheel(tmp / "wheel")
                 commands = console_scripts(wheel)
                 click.echo(f"   {wheel.name}: {', '.join(sorted(commands))}")
             with steps("arm64 wheels of the base dependencies (pip download)"):
-                pins = host_versions()
-                click.echo(f"   {' '.join(pins)} for cp{ROOT_PYTHON.replace('.', '')} aarch64:")
-                click.echo(f"   {' '.join(download_arm64_wheels(arm64_wheels, pins))}")
+                pins = host_versions(suite)
+                click.echo(f"   {' '.join(pins)} for cp{suite.python.replace('.', '')} aarch64:")
+                click.echo(f"   {' '.join(download_arm64_wheels(arm64_wheels, pins, suite.python))}")
             with steps("in the root, no network: python3 -m venv, pip install --no-index"):
-                click.echo(f"   {install_in_root(root, [wheel, *arm64_wheels.glob('*.whl')], images)}")
+                click.echo(f"   {install_in_root(root, suite, [wheel, *arm64_wheels.glob('*.whl')], images)}")
             with steps("host: cifar-run --json, INT8 and FP32"):
                 host = host_runs(wheel, tmp / "host", images)
             arm64 = {}

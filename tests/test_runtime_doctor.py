@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 from click.testing import CliRunner
@@ -330,7 +331,7 @@ def test_without_opencv_and_picamera2(bundled_assets, monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     monkeypatch.setitem(sys.modules, "picamera2", None)
     checks = {c.name: c for c in doctor.run_checks()}
-    assert list(checks) == ["python", "system", "cpu", "threads", "onnxruntime", "opencv", "picamera2",
+    assert list(checks) == ["python", "system", "cpu", "threads", "onnxruntime", "opencv", "numpy", "picamera2",
                             "cameras", "display", "memory", "disk", "self-check", "model"]
     assert checks["opencv"].status == NOTE and checks["opencv"].detail.startswith("not installed")
     assert checks["picamera2"].detail.startswith("not installed")
@@ -371,3 +372,54 @@ def test_real_run_on_this_machine():
                                                                       "classified a sample image")
     model = next(line for line in lines if line.split()[1:2] == ["model"])
     assert "model-int8.onnx (int8) on cpu: cat.jpg -> " in model
+
+
+def _apt_root(tmp_path, numpy_info: str, picamera2: bool = True) -> Path:
+    """A stand-in for /usr/lib/python3/dist-packages as apt leaves it."""
+    dist = tmp_path / "dist-packages"
+    (dist / "numpy").mkdir(parents=True)
+    (dist / "numpy" / "__init__.py").write_text("")
+    (dist / numpy_info).mkdir()
+    if picamera2:
+        (dist / "picamera2").mkdir()
+    return dist
+
+
+def test_apt_version_reads_dist_info_and_egg_info(tmp_path):
+    dist = _apt_root(tmp_path, "numpy-2.2.4.dist-info")
+    assert doctor.apt_version("numpy", dist) == "2.2.4"
+    old = _apt_root(tmp_path / "bookworm", "numpy-1.24.2.egg-info")
+    assert doctor.apt_version("numpy", old) == "1.24.2"
+    assert doctor.apt_version("simplejpeg", dist) is None
+
+
+def test_numpy_from_apt_is_ok(tmp_path):
+    dist = _apt_root(tmp_path, "numpy-2.2.4.dist-info")
+    check = doctor.check_numpy("2.2.4", str(dist / "numpy" / "__init__.py"), dist)
+    assert check.status == doctor.OK and "apt's" in check.detail
+
+
+def test_pip_numpy_of_another_major_than_apt_picamera2_is_a_problem(tmp_path):
+    """Bookworm: apt's picamera2 and simplejpeg are built for NumPy 1.24; a venv's NumPy 2 breaks them."""
+    dist = _apt_root(tmp_path, "numpy-1.24.2.egg-info")
+    check = doctor.check_numpy("2.3.5", "/venv/lib/python3.11/site-packages/numpy/__init__.py", dist)
+    assert check.status == doctor.PROBLEM
+    assert "1.24.2" in check.detail and "pip's" in check.detail
+    assert "pip uninstall numpy" in check.fix and "numpy==1.24.2" in check.fix
+
+
+def test_pip_numpy_older_than_apt_is_a_problem_newer_is_ok(tmp_path):
+    """Bookworm's advice, pip's "numpy<2" (1.26) over apt's 1.24, runs; trixie's 2.2 under 2.1 does not."""
+    dist = _apt_root(tmp_path, "numpy-2.2.4.dist-info")
+    pip = "/venv/lib/python3.13/site-packages/numpy/__init__.py"
+    assert doctor.check_numpy("2.1.3", pip, dist).status == doctor.PROBLEM
+    newer = doctor.check_numpy("2.3.5", pip, dist)
+    assert newer.status == doctor.OK and "shadows" in newer.detail
+    bookworm = _apt_root(tmp_path / "bookworm", "numpy-1.24.2.egg-info")
+    assert doctor.check_numpy("1.26.4", pip, bookworm).status == doctor.OK
+
+
+def test_pip_numpy_without_apt_picamera2_is_ok(tmp_path):
+    dist = _apt_root(tmp_path, "numpy-2.2.4.dist-info", picamera2=False)
+    assert doctor.check_numpy("1.26.4", "/venv/site-packages/numpy/__init__.py", dist).status == doctor.OK
+    assert doctor.check_numpy("2.3.5", "/venv/site-packages/numpy/__init__.py", tmp_path / "none").status == doctor.OK
