@@ -80,6 +80,19 @@ def cli_in_subprocess(args, cwd, env: dict | None = None):
                           timeout=120, env=None if env is None else {**os.environ, **env})
 
 
+def loaded_by_import(statement: str, modules) -> list[str]:
+    """Which of ``modules`` an ``import`` statement loads, run in a fresh interpreter on this
+    checkout; fails the test if the statement itself fails."""
+    import subprocess
+    import sys
+
+    code = f"import sys\n{statement}\nprint(' '.join(m for m in {tuple(modules)!r} if m in sys.modules))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
 def has_module(name: str) -> bool:
     import importlib.util
 
@@ -87,6 +100,8 @@ def has_module(name: str) -> bool:
 
 
 requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
+requires_notebook = pytest.mark.skipif(not has_module("ipywidgets"),
+                                       reason="needs the notebook extra (ipywidgets)")
 requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
                                         reason=f"real CIFAR-10 not found at {REAL_DATA}")
 # x86-64 Python on an emulated CPU without VNNI (tests/qemu.py); the reason says how to install it.
