@@ -93,6 +93,23 @@ def loaded_by_import(statement: str, modules) -> list[str]:
     return proc.stdout.split()
 
 
+KERNEL_NAME = "cifar-edge-test"
+
+
+def write_kernelspec(jupyter_dir: Path) -> str:
+    """A Jupyter kernelspec running this interpreter, in ``jupyter_dir/kernels`` (put
+    ``jupyter_dir`` on JUPYTER_PATH): its name, for a notebook's metadata or nbclient."""
+    import json
+    import sys
+
+    spec = jupyter_dir / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "cifar-edge test", "language": "python"}))
+    return KERNEL_NAME
+
+
 def has_module(name: str) -> bool:
     import importlib.util
 
