@@ -97,6 +97,36 @@ def cli_in_subprocess(args, cwd, env: dict | None = None):
                           timeout=120, env=None if env is None else {**os.environ, **env})
 
 
+def loaded_by_import(statement: str, modules) -> list[str]:
+    """Which of ``modules`` an ``import`` statement loads, run in a fresh interpreter on this
+    checkout; fails the test if the statement itself fails."""
+    import subprocess
+    import sys
+
+    code = f"import sys\n{statement}\nprint(' '.join(m for m in {tuple(modules)!r} if m in sys.modules))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+KERNEL_NAME = "cifar-edge-test"
+
+
+def write_kernelspec(jupyter_dir: Path) -> str:
+    """A Jupyter kernelspec running this interpreter, in ``jupyter_dir/kernels`` (put
+    ``jupyter_dir`` on JUPYTER_PATH): its name, for a notebook's metadata or nbclient."""
+    import json
+    import sys
+
+    spec = jupyter_dir / "kernels" / KERNEL_NAME
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "cifar-edge test", "language": "python"}))
+    return KERNEL_NAME
+
+
 def has_module(name: str) -> bool:
     import importlib.util
 
@@ -104,6 +134,8 @@ def has_module(name: str) -> bool:
 
 
 requires_tf = pytest.mark.skipif(not has_module("tensorflow"), reason="needs the train extra (TensorFlow)")
+requires_notebook = pytest.mark.skipif(not has_module("ipywidgets"),
+                                       reason="needs the notebook extra (ipywidgets)")
 requires_real_data = pytest.mark.skipif(not (REAL_DATA / "test").is_dir(),
                                         reason=f"real CIFAR-10 not found at {REAL_DATA}")
 # x86-64 Python on an emulated CPU without VNNI (tests/qemu.py); the reason says how to install it.

@@ -234,10 +234,12 @@ def test_help_mentions_every_mode():
 
 def test_no_heavy_imports(tiny_model, images):
     """Importing runtime and running cifar-run on images loads no TF/Keras/tf2onnx/onnx/cv2;
-    importing runtime alone does not even load onnxruntime."""
+    importing runtime alone does not even load onnxruntime, nor the notebook's ipywidgets/IPython."""
     code = (
         "import sys, runtime\n"
         "assert 'onnxruntime' not in sys.modules, 'import runtime loaded onnxruntime'\n"
+        "widgets = [m for m in ('ipywidgets', 'IPython', 'runtime.notebook') if m in sys.modules]\n"
+        "assert not widgets, f'import runtime loaded {widgets}'\n"
         "from runtime.cli.run import main\n"
         f"sys.argv = ['cifar-run', {str(images)!r}, '--model', {str(tiny_model)!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
