@@ -19,6 +19,7 @@ from runtime.errors import ExitCode
 from runtime.signals import SignalStop
 
 if TYPE_CHECKING:
+    from runtime.image.collect import CollectOptions
     from runtime.web import ServeConfig
 
 
@@ -44,65 +45,99 @@ class CameraOptions:
     fps: int | None = None  # picam / csi:// frame rate
     every: float = 0.0  # headless: at most one line every this many seconds (0: every frame)
     serve: "ServeConfig | None" = None  # also serve the stream, the prediction and uploads
+    collect: "CollectOptions | None" = None  # save the frames the model is unsure of (--collect DIR)
 
 
 def run_camera(clf, spec: str, options: CameraOptions = CameraOptions(),
                log: Callable[[str], None] = _stderr) -> int:
-    """The live loop: classify, overlay, show or print, save, serve. Stops cleanly on q/Esc,
-    Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video. Returns the
-    exit code; ``log`` gets the progress lines (stderr by default)."""
+    """The live loop: classify, overlay, show or print, save, serve, collect. Stops cleanly on
+    q/Esc, Ctrl+C or SIGTERM, always releasing the camera and finishing the saved video.
+    Returns the exit code; ``log`` gets the progress lines (stderr by default)."""
     o = options
     signals = SignalStop().install()
     stop = signals.event  # set by Ctrl+C, SIGTERM or the q key
-    source = saver = window = server = None
+    source, sinks = None, _Sinks(o, spec, stop, log)
     try:
         source = open_source(spec, size=o.size, fps=o.fps)
         log(clf.describe())  # after the source opened: a failure to open stays one line
-        if o.save is not None:
-            saver = outputs.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
-        if o.serve is not None:
-            from runtime.web import WebServer
-
-            server = WebServer(clf, o.serve, live=True, log=log).start()
-        window = None if o.headless else outputs.Window.try_open(f"cifar-run {spec}")
-        if window is None and not o.headless:
-            log("no display: running headless")
+        sinks.open(clf, source)
         log(f"reading {'live source' if source.live else 'video file'} {spec}")
-        frames, last_printed = 0, float("-inf")
+        frames = 0
         for result in classify_stream(
                 source, clf, full_frame=o.full_frame, smooth=o.smooth, min_confidence=o.min_confidence,
                 reconnect=o.reconnect, max_frames=o.max_frames, duration_s=o.duration,
                 pace_fps=(getattr(source, "fps", None) or 30.0) if o.realtime and not source.live else None,
                 stop=stop):
             frames += 1
-            if server is not None:
-                server.publish(result)  # never waits on the viewers
-            if saver is not None or window is not None:  # printing alone needs no OpenCV
-                annotated = outputs.annotate_frame(result.frame_bgr, result)
-            if saver is not None:
-                saver.write(annotated)
-            if window is not None:
-                _show(window, annotated, result, stop, log)
-            elif time.monotonic() - last_printed >= o.every:
-                last_printed = time.monotonic()
-                _print_frame(result, o.fmt)
+            sinks.handle(result)
         log(f"{frames} frame(s) classified")
     finally:
         signals.restore()
-        if server is not None:
-            server.close()
-        if window is not None:
-            window.close()
-        if source is not None:
-            source.release()
-        if saver is not None:
-            written = saver.close()
-            if written:
-                log(f"wrote {written} ({saver.frames} frames)")
+        sinks.close(source)
     if signals.name:
         log(f"stopped by {signals.name}")
         return ExitCode.INTERRUPTED
     return ExitCode.OK
+
+
+class _Sinks:
+    """Where each FrameResult goes: the web server, the collector, the saved video, the window
+    or the printed line. Opened once the source is; closed in order, whatever was opened."""
+
+    def __init__(self, o: CameraOptions, spec: str, stop, log: Callable[[str], None]):
+        self.o, self.spec, self.stop, self.log = o, spec, stop, log
+        self.saver = self.window = self.server = self.collector = None
+        self.last_printed = float("-inf")
+
+    def open(self, clf, source) -> None:
+        o = self.o
+        if o.collect is not None:
+            from runtime.image.collect import Collector
+
+            self.collector = Collector(o.collect, model=clf.model_path.name)
+        if o.save is not None:
+            self.saver = outputs.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
+        if o.serve is not None:
+            from runtime.web import WebServer
+
+            self.server = WebServer(clf, o.serve, live=True, log=self.log).start()
+        self.window = None if o.headless else outputs.Window.try_open(f"cifar-run {self.spec}")
+        if self.window is None and not o.headless:
+            self.log("no display: running headless")
+
+    def handle(self, result) -> None:
+        if self.server is not None:
+            self.server.publish(result)  # never waits on the viewers
+        if self.collector is not None:
+            try:
+                self.collector.offer(result.prediction, frame_bgr=result.frame_bgr, source=self.spec,
+                                     frame=result.index)
+            except OSError as exc:  # a full or failing disk stops the collecting, not the camera
+                self.log(f"collect: {exc}; no longer collecting")
+                self.collector = None
+        if self.saver is not None or self.window is not None:  # printing alone needs no OpenCV
+            annotated = outputs.annotate_frame(result.frame_bgr, result)
+        if self.saver is not None:
+            self.saver.write(annotated)
+        if self.window is not None:
+            _show(self.window, annotated, result, self.stop, self.log)
+        elif time.monotonic() - self.last_printed >= self.o.every:
+            self.last_printed = time.monotonic()
+            _print_frame(result, self.o.fmt)
+
+    def close(self, source) -> None:
+        if self.collector is not None:
+            self.log(self.collector.summary())
+        if self.server is not None:
+            self.server.close()
+        if self.window is not None:
+            self.window.close()
+        if source is not None:
+            source.release()
+        if self.saver is not None:
+            written = self.saver.close()
+            if written:
+                self.log(f"wrote {written} ({self.saver.frames} frames)")
 
 
 def _print_frame(result, fmt: str) -> None:
