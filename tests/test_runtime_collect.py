@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import ListSource, solid_frame as frame
 from PIL import Image
 
 from runtime.camera import live
@@ -22,12 +23,6 @@ from runtime.image.collect import INDEX, CollectOptions, Collector, parse_durati
 from runtime.model.classifier import Classifier, Prediction
 
 GREY_BGR, RED_BGR = (128, 128, 128), (0, 0, 255)  # the tiny model: ~47% cat, ~95% airplane
-
-
-def frame(bgr, w=80, h=60) -> np.ndarray:
-    out = np.zeros((h, w, 3), np.uint8)
-    out[...] = bgr
-    return out
 
 
 def noise(seed: int, w=80, h=60) -> np.ndarray:
@@ -192,22 +187,9 @@ def test_collect_folder_must_be_a_folder(tmp_path):
 
 # -- the camera loop and the images command ----------------------------------------------------
 
-class FakeSource:
-    name, live, fps = "fake", False, None
-
-    def __init__(self, frames):
-        self.frames = list(frames)
-
-    def read(self):
-        return self.frames.pop(0) if self.frames else None
-
-    def release(self):
-        pass
-
-
 def test_run_camera_collects_the_unsure_frames_of_a_fake_source(clf, tmp_path, monkeypatch):
     frames = [frame(GREY_BGR if i % 3 == 0 else RED_BGR) for i in range(12)]
-    monkeypatch.setattr(live, "open_source", lambda *_a, **_k: FakeSource(frames))
+    monkeypatch.setattr(live, "open_source", lambda *_a, **_k: ListSource(frames))
     lines = []
     code = live.run_camera(clf, "fake", live.CameraOptions(
         headless=True, collect=CollectOptions(tmp_path, below=0.6, every_s=0.0)), log=lines.append)
@@ -275,7 +257,7 @@ def test_cli_video_file_saves_only_frames_below_the_threshold(tiny_model, tmp_pa
 
 
 def test_a_failing_disk_stops_collecting_not_the_camera(clf, tmp_path, monkeypatch):
-    monkeypatch.setattr(live, "open_source", lambda *_a, **_k: FakeSource([frame(GREY_BGR)] * 5))
+    monkeypatch.setattr(live, "open_source", lambda *_a, **_k: ListSource([frame(GREY_BGR)] * 5))
 
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")

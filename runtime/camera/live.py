@@ -14,6 +14,7 @@ import click
 
 from runtime.camera import outputs
 from runtime.camera.loop import classify_stream
+from runtime.camera.metrics import LiveMetrics
 from runtime.camera.sources import open_source
 from runtime.errors import ExitCode
 from runtime.signals import SignalStop
@@ -87,10 +88,14 @@ class _Sinks:
     def __init__(self, o: CameraOptions, spec: str, stop, log: Callable[[str], None]):
         self.o, self.spec, self.stop, self.log = o, spec, stop, log
         self.saver = self.window = self.server = self.collector = None
+        self.metrics: LiveMetrics | None = None
         self.last_printed = float("-inf")
 
     def open(self, clf, source) -> None:
         o = self.o
+        # "Unsure" in the counters: what --collect keeps, else what is shown as uncertain.
+        self.metrics = LiveMetrics(clf.class_names, o.collect.below if o.collect else o.min_confidence,
+                                   clf.model_path.name)
         if o.collect is not None:
             from runtime.image.collect import Collector
 
@@ -100,21 +105,15 @@ class _Sinks:
         if o.serve is not None:
             from runtime.web import WebServer
 
-            self.server = WebServer(clf, o.serve, live=True, log=self.log).start()
+            self.server = WebServer(clf, o.serve, live=True, log=self.log, metrics=self.metrics).start()
         self.window = None if o.headless else outputs.Window.try_open(f"cifar-run {self.spec}")
         if self.window is None and not o.headless:
             self.log("no display: running headless")
 
     def handle(self, result) -> None:
+        self.metrics.observe(result, collected=self._collect(result))
         if self.server is not None:
             self.server.publish(result)  # never waits on the viewers
-        if self.collector is not None:
-            try:
-                self.collector.offer(result.prediction, frame_bgr=result.frame_bgr, source=self.spec,
-                                     frame=result.index)
-            except OSError as exc:  # a full or failing disk stops the collecting, not the camera
-                self.log(f"collect: {exc}; no longer collecting")
-                self.collector = None
         if self.saver is not None or self.window is not None:  # printing alone needs no OpenCV
             annotated = outputs.annotate_frame(result.frame_bgr, result)
         if self.saver is not None:
@@ -123,7 +122,19 @@ class _Sinks:
             _show(self.window, annotated, result, self.stop, self.log)
         elif time.monotonic() - self.last_printed >= self.o.every:
             self.last_printed = time.monotonic()
-            _print_frame(result, self.o.fmt)
+            _print_frame(result, self.o.fmt, self.metrics)
+
+    def _collect(self, result) -> bool:
+        """Offer the frame to --collect: whether it was saved."""
+        if self.collector is None:
+            return False
+        try:
+            return self.collector.offer(result.prediction, frame_bgr=result.frame_bgr, source=self.spec,
+                                        frame=result.index) is not None
+        except OSError as exc:  # a full or failing disk stops the collecting, not the camera
+            self.log(f"collect: {exc}; no longer collecting")
+            self.collector = None
+            return False
 
     def close(self, source) -> None:
         if self.collector is not None:
@@ -140,9 +151,10 @@ class _Sinks:
                 self.log(f"wrote {written} ({self.saver.frames} frames)")
 
 
-def _print_frame(result, fmt: str) -> None:
+def _print_frame(result, fmt: str, metrics: LiveMetrics) -> None:
     if fmt == "json":
-        click.echo(json.dumps(result.to_dict()))
+        click.echo(json.dumps({**result.to_dict(), "read_ms": round(result.read_ms, 3),
+                               "totals": metrics.totals()}))
     else:
         click.echo(f"frame {result.index:>6}  {result.label:<12} {result.prediction.confidence:>6.1%}  "
                    f"{result.classify_ms:6.1f} ms  {result.fps:5.1f} fps")
