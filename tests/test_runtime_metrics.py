@@ -9,7 +9,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import ListSource, solid_frame as frame

@@ -21,6 +21,7 @@ from runtime.signals import SignalStop
 
 if TYPE_CHECKING:
     from runtime.image.collect import CollectOptions
+    from runtime.model.classifier import Classifier
     from runtime.web import ServeConfig
 
 
@@ -47,6 +48,8 @@ class CameraOptions:
     every: float = 0.0  # headless: at most one line every this many seconds (0: every frame)
     serve: "ServeConfig | None" = None  # also serve the stream, the prediction and uploads
     collect: "CollectOptions | None" = None  # save the frames the model is unsure of (--collect DIR)
+    reload: "Callable[[], Classifier] | None" = None  # --reload: loads the model file again, checks included
+    reload_every_s: float = 1.0  # s: how often the model file is looked at
 
 
 def run_camera(clf, spec: str, options: CameraOptions = CameraOptions(),
@@ -57,23 +60,31 @@ def run_camera(clf, spec: str, options: CameraOptions = CameraOptions(),
     o = options
     signals = SignalStop().install()
     stop = signals.event  # set by Ctrl+C, SIGTERM or the q key
-    source, sinks = None, _Sinks(o, spec, stop, log)
+    source, sinks, watcher = None, _Sinks(o, spec, stop, log), None
     try:
         source = open_source(spec, size=o.size, fps=o.fps)
         log(clf.describe())  # after the source opened: a failure to open stays one line
         sinks.open(clf, source)
+        if o.reload is not None:
+            from runtime.model.reload import ModelWatcher
+
+            watcher = ModelWatcher(clf.model_path, o.reload, every_s=o.reload_every_s, log=log,
+                                   on_refused=sinks.refused).start()
+            log(f"watching {clf.model_path}: a new file that passes its checks replaces the model")
         log(f"reading {'live source' if source.live else 'video file'} {spec}")
         frames = 0
         for result in classify_stream(
                 source, clf, full_frame=o.full_frame, smooth=o.smooth, min_confidence=o.min_confidence,
                 reconnect=o.reconnect, max_frames=o.max_frames, duration_s=o.duration,
                 pace_fps=(getattr(source, "fps", None) or 30.0) if o.realtime and not source.live else None,
-                stop=stop):
+                stop=stop, swap=None if watcher is None else lambda: sinks.swapped(watcher.take())):
             frames += 1
             sinks.handle(result)
         log(f"{frames} frame(s) classified")
     finally:
         signals.restore()
+        if watcher is not None:
+            watcher.close()
         sinks.close(source)
     if signals.name:
         log(f"stopped by {signals.name}")
@@ -109,6 +120,18 @@ class _Sinks:
         self.window = None if o.headless else outputs.Window.try_open(f"cifar-run {self.spec}")
         if self.window is None and not o.headless:
             self.log("no display: running headless")
+
+    def swapped(self, fresh):
+        """A reloaded model, between frames: counted, served; handed back to the loop."""
+        if fresh is not None:
+            self.metrics.reloaded(fresh.model_path.name)
+            if self.server is not None:
+                self.server.use(fresh)
+        return fresh
+
+    def refused(self, reason: str) -> None:
+        if self.server is not None:
+            self.server.refused(reason)
 
     def handle(self, result) -> None:
         self.metrics.observe(result, collected=self._collect(result))

@@ -58,6 +58,11 @@ class LiveMetrics:
                 self.stage_s[stage] += ms / 1000.0
                 self.last_ms[stage] = ms
 
+    def reloaded(self, model: str) -> None:
+        with self._lock:
+            self.reloads += 1
+            self.model = model
+
     def totals(self) -> dict:
         """The running totals as JSON-ready data (``--json``'s ``totals``)."""
         with self._lock:

@@ -260,12 +260,16 @@ def _note_copies(plan: SavePlan, written: set[Path], save_dir: Path) -> None:
 @click.option("--collect-max", default="500MB", show_default=True, metavar="SIZE",
               callback=lambda _c, _p, v: _parsed(parse_size, v),
               help="--collect: keep DIR under SIZE (500MB, 2GiB); the oldest frames go first.")
+@click.option("--reload", "reload_model", is_flag=True,
+              help="Camera: watch the --model file; a new file that passes the model's checks replaces "
+                   "the running model between frames, one that fails is refused (the log and "
+                   "/api/latest say why) and the running model stays.")
 @auth_options
 @trust_options
 @traceback_option
 def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
          camera, camera_size, camera_fps, full_frame, smooth, headless, every, max_frames, duration,
-         reconnect, realtime, serve, collect, collect_below, collect_every, collect_max, token, no_auth,
+         reconnect, realtime, serve, collect, collect_below, collect_every, collect_max, reload_model, token, no_auth,
          no_verify, allow_failed, show_traceback):
     fmt = fmt or "table"
     if collect is None and (collect_every is not None or collect_below != 0.6 or collect_max != 500 * 1000 ** 2):
@@ -285,12 +289,18 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                 from runtime.web import ServeConfig, WebServer  # noqa: F401  (without the serve extra: one line, now)
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
+            if reload_model and model is None:
+                raise click.UsageError("--reload watches the --model FILE: give one")
             clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
+            reload = (lambda: load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
+                      ) if reload_model else None
             return run_camera(clf, camera, log=_note, options=CameraOptions(
                 save=Path(save) if save else None, headless=headless, fmt=fmt, full_frame=full_frame,
                 smooth=smooth, min_confidence=min_confidence, reconnect=reconnect, max_frames=max_frames,
                 duration=duration, realtime=realtime, size=camera_size, fps=camera_fps, every=every,
-                serve=serve_config, collect=collecting))
+                serve=serve_config, collect=collecting, reload=reload))
+        if reload_model:
+            raise click.UsageError("--reload goes with --camera SRC")
         if serve is not None:
             raise click.UsageError("--serve needs --camera SRC; to classify uploaded images "
                                    "without a camera, run cifar-serve")

@@ -85,9 +85,7 @@ class Shared:
         self.metrics = metrics
         self.index = pages.index_page(live=hub is not None)
         self.static = pages.load_static()
-        self.info = {"model": classifier.describe(), "classes": list(classifier.class_names),
-                     "top_k": classifier.top_k, "live": hub is not None,
-                     "max_upload_bytes": config.max_upload_bytes, "max_files": config.max_files}
+        self.use(classifier)
         self.budget = ByteBudget(config.upload_memory_bytes)
         self.stopping = asyncio.Event()  # set on close, after the grace: bodies still coming get a 503
         self.uploads_in_flight = 0
@@ -95,6 +93,14 @@ class Shared:
         self.classify_pool = ThreadPoolExecutor(UPLOAD_SLOTS, thread_name_prefix="http-classify")
         # A viewer waits for the next JPEG on the hub's Condition, one thread each, off the loop.
         self.viewer_pool = ThreadPoolExecutor(config.max_stream_clients, thread_name_prefix="http-viewer")
+
+    def use(self, classifier: "Classifier") -> None:
+        """Answer with ``classifier`` from now on (at start, and after a --reload)."""
+        config = self.config
+        self.info = {"model": classifier.describe(), "classes": list(classifier.class_names),
+                     "top_k": classifier.top_k, "live": self.hub is not None,
+                     "max_upload_bytes": config.max_upload_bytes, "max_files": config.max_files}
+        self.classifier = classifier
 
     def shutdown_pools(self) -> None:
         self.classify_pool.shutdown(wait=True, cancel_futures=True)

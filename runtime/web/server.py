@@ -143,6 +143,8 @@ class WebServer:
         self.hub = FrameHub(max_viewers=config.max_stream_clients, max_fps=config.stream_max_fps,
                             max_side=config.stream_max_side, quality=config.jpeg_quality,
                             log=log) if live else None
+        if self.hub is not None:
+            self.hub.set_status(model=classifier.model_path.name, reload_error=None)
         # /metrics: the camera loop's counters (``run_camera`` keeps them and hands them over);
         # without them a live server keeps its own, counted in ``publish``.
         self._counts_frames = live and metrics is None
@@ -204,6 +206,19 @@ class WebServer:
             self.hub.publish(result)
         if self._counts_frames:
             self.metrics.observe(result)
+
+    def use(self, classifier: "Classifier") -> None:
+        """A reloaded model: uploads, /api/info and /api/latest answer with it from now on."""
+        self.classifier = classifier
+        if self._httpd is not None and self._httpd.shared is not None:
+            self._httpd.shared.use(classifier)
+        if self.hub is not None:
+            self.hub.set_status(model=classifier.model_path.name, reload_error=None)
+
+    def refused(self, reason: str) -> None:
+        """A reload refused: /api/latest says why, while the running model answers."""
+        if self.hub is not None:
+            self.hub.set_status(reload_error=reason)
 
     def close(self) -> None:
         """Stop serving: viewers and the encoder end, uploads under way get ``stop_grace_s`` to
