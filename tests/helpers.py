@@ -150,3 +150,26 @@ def one_error_line(result, prog: str = "cifar-run", notices: tuple[str, ...] = (
     lines = [line for line in result.stderr.splitlines() if not (notices and line.startswith(notices))]
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
     return lines[0].removeprefix(f"{prog}: error: ")
+
+
+def solid_frame(bgr, w: int = 80, h: int = 60) -> np.ndarray:
+    """An (h, w, 3) uint8 BGR frame of one colour."""
+    out = np.zeros((h, w, 3), np.uint8)
+    out[...] = bgr
+    return out
+
+
+class ListSource:
+    """A frame source for the camera loop that delivers ``frames`` once, then None (a video
+    file's end)."""
+
+    name, live, fps = "fake", False, None
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+
+    def read(self):
+        return self.frames.pop(0) if self.frames else None
+
+    def release(self):
+        pass

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -77,14 +77,17 @@ def center_square(width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def classify_stream(source: FrameSource, classifier: "Classifier", options: LoopOptions | None = None, *,
-                    stop: threading.Event | None = None, **changes) -> Iterator[FrameResult]:
+                    stop: threading.Event | None = None, swap: Callable[[], "Classifier | None"] | None = None,
+                    **changes) -> Iterator[FrameResult]:
     """Classify frames from ``source`` until it ends, a bound is reached, or ``stop`` is set.
 
     ``options`` (or its fields as keywords: ``classify_stream(src, clf, max_frames=5)``) say
     how: the centre square is classified, or the whole frame stretched with ``full_frame``;
     ``smooth`` > 1 averages the probabilities of that many recent frames; a live source that
     stops delivering is reopened up to ``reconnect`` times with doubling backoff, then a
-    SourceError is raised; ``pace_fps`` reads no faster than that rate.
+    SourceError is raised; ``pace_fps`` reads no faster than that rate. ``swap``, called
+    before each frame is classified, may hand over another classifier (``--reload``): that
+    frame and the next are classified by it, and smoothing starts afresh.
     """
     o = replace(options or LoopOptions(), **changes)
     stop = stop or threading.Event()
@@ -101,6 +104,9 @@ def classify_stream(source: FrameSource, classifier: "Classifier", options: Loop
             failures += 1
             continue
         failures = 0
+        if swap is not None and (fresh := swap()) is not None:
+            classifier = fresh
+            history.clear()  # another model's probabilities are not averaged with the new one's
         t0 = time.perf_counter()
         prediction, box = _classify(classifier, frame_bgr, o.full_frame)
         classify_ms = (time.perf_counter() - t0) * 1000.0

@@ -5,6 +5,7 @@ Images:  cifar-run photos/ cat.jpg 'shots/*.png' [--json|--csv]
                    [--save DIR] [--grid FILE.png]
 Camera:  cifar-run --camera 0 [--headless] [--save out.mp4] [--max-frames N]
 Browser: cifar-run --camera 0 --serve 8000   (cifar-serve: the upload page alone)
+Collect: cifar-run --camera 0 --collect DIR  (frames under 60% confidence, for labelling)
 
 With no --model the model bundled in the package is used; with no SOURCES the sample images
 bundled in the package are classified.
@@ -24,6 +25,7 @@ import click
 from runtime.camera.live import CameraOptions, run_camera
 from runtime.cli.common import auth_options, load_classifier, run_cli, traceback_option, trust_options
 from runtime.errors import ExitCode, OptionError, SourceError
+from runtime.image.collect import CollectOptions, parse_duration, parse_size
 from runtime.model import bundled
 from runtime.model.providers import PROVIDER_HELP
 
@@ -87,16 +89,23 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
+def _parsed(parse, value: str | None):
+    """An option's value through ``parse``; its OptionError as click's usage error."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except OptionError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _parse_address(value: str | None) -> tuple[str, int] | None:
     """"8000" -> ("127.0.0.1", 8000), "0.0.0.0:8000" -> ("0.0.0.0", 8000): a usage error otherwise."""
     if value is None:
         return None
     from runtime.web import parse_address
 
-    try:
-        return parse_address(value)
-    except OptionError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return _parsed(parse_address, value)
 
 
 def _format_top_k(prediction) -> str:
@@ -128,13 +137,17 @@ def _echo_result(result, label: str | None, fmt: str, writer, width: int, saved:
 
 
 def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, grid: Path | None,
-                    min_confidence: float, batch_size: int) -> int:
+                    min_confidence: float, batch_size: int, collect=None) -> int:
     """Classify ``paths``, print one line each, write copies/grid; returns the exit code.
 
     ``save_dir``: an annotated copy of each input that decodes, named by ``plan_saved_copies``;
-    a final note says where, and each JSON/CSV line which copy is its own."""
+    a final note says where, and each JSON/CSV line which copy is its own. ``collect``
+    (``CollectOptions``): the inputs the model is unsure of, saved by a ``Collector``."""
     from runtime.atomic import atomic_path
+    from runtime.image.collect import Collector
     from runtime.image.draw import TILE, annotate_image, contact_sheet
+
+    collector = Collector(collect, model=clf.model_path.name) if collect is not None else None
 
     plan = plan_saved_copies(paths) if save_dir is not None else None
     width = min(60, max([len("file")] + [len(p) for p in paths]))
@@ -146,11 +159,13 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
     written: set[Path] = set()
     sheet_items = []
     failed = 0
-    keep = save_dir is not None or grid is not None
+    keep = save_dir is not None or grid is not None or collector is not None
     for result in clf.predict_files(paths, batch_size=batch_size, keep_images=keep):
         pred = result.prediction
         if not result.ok:
             failed += 1
+        elif collector is not None:
+            collector.offer(pred, image_rgb=result.image_rgb, source=result.source)
         label = pred.shown_label(min_confidence) if pred is not None else None
         image = result.image_rgb
         copy = None
@@ -174,13 +189,19 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
             contact_sheet(sheet_items, min_confidence=min_confidence).save(tmp, format="PNG")
         _note(f"wrote contact sheet {grid}")
     if plan is not None:
-        layout = ("" if plan.mirrored_below is None else
-                  f", in their folders below {plan.mirrored_below} (their file names collide)")
-        _note(f"wrote {len(written)} annotated cop{'y' if len(written) == 1 else 'ies'} to {save_dir}{layout}")
+        _note_copies(plan, written, save_dir)
+    if collector is not None:
+        _note(collector.summary())
     if failed:
         _note(f"{failed} of {len(paths)} input(s) failed")
         return ExitCode.PARTIAL
     return ExitCode.OK
+
+
+def _note_copies(plan: SavePlan, written: set[Path], save_dir: Path) -> None:
+    layout = ("" if plan.mirrored_below is None else
+              f", in their folders below {plan.mirrored_below} (their file names collide)")
+    _note(f"wrote {len(written)} annotated cop{'y' if len(written) == 1 else 'ies'} to {save_dir}{layout}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
@@ -228,13 +249,34 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
 @click.option("--serve", metavar="[HOST:]PORT", callback=lambda _c, _p, v: _parse_address(v),
               help="Camera: also serve the live view, the prediction and an upload in a browser "
                    "on PORT (127.0.0.1 unless HOST is given; any other HOST needs a token).")
+@click.option("--collect", metavar="DIR", type=click.Path(file_okay=False),
+              help="Save the frames or images whose top confidence is below --collect-below to DIR "
+                   "(full JPEG, and a JSON line in DIR/index.jsonl), for labelling and retraining.")
+@click.option("--collect-below", type=click.FloatRange(0.0, 1.0), default=0.6, show_default=True,
+              help="--collect: save inputs whose top probability is below this.")
+@click.option("--collect-every", metavar="DURATION", callback=lambda _c, _p, v: _parsed(parse_duration, v),
+              help="--collect: save at most one input every DURATION (2s, 500ms, 1m; 0: no limit) "
+                   "[default: 2s with --camera, 0 for images].")
+@click.option("--collect-max", default="500MB", show_default=True, metavar="SIZE",
+              callback=lambda _c, _p, v: _parsed(parse_size, v),
+              help="--collect: keep DIR under SIZE (500MB, 2GiB); the oldest frames go first.")
+@click.option("--reload", "reload_model", is_flag=True,
+              help="Camera: watch the --model file; a new file that passes the model's checks replaces "
+                   "the running model between frames, one that fails is refused (the log and "
+                   "/api/latest say why) and the running model stays.")
 @auth_options
 @trust_options
 @traceback_option
 def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, grid, batch_size,
          camera, camera_size, camera_fps, full_frame, smooth, headless, every, max_frames, duration,
-         reconnect, realtime, serve, token, no_auth, no_verify, allow_failed, show_traceback):
+         reconnect, realtime, serve, collect, collect_below, collect_every, collect_max, reload_model, token, no_auth,
+         no_verify, allow_failed, show_traceback):
     fmt = fmt or "table"
+    if collect is None and (collect_every is not None or collect_below != 0.6 or collect_max != 500 * 1000 ** 2):
+        raise click.UsageError("--collect-below, --collect-every and --collect-max go with --collect DIR")
+    collecting = None if collect is None else CollectOptions(
+        Path(collect), below=collect_below, max_bytes=collect_max,
+        every_s=collect_every if collect_every is not None else (2.0 if camera is not None else 0.0))
 
     def body() -> int:
         if serve is None and (token is not None or no_auth):
@@ -247,12 +289,18 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                 from runtime.web import ServeConfig, WebServer  # noqa: F401  (without the serve extra: one line, now)
 
                 serve_config = ServeConfig(host=serve[0], port=serve[1], token=token, auth=not no_auth)
+            if reload_model and model is None:
+                raise click.UsageError("--reload watches the --model FILE: give one")
             clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
+            reload = (lambda: load_classifier(model, provider, threads, top_k, no_verify, allow_failed, _note)
+                      ) if reload_model else None
             return run_camera(clf, camera, log=_note, options=CameraOptions(
                 save=Path(save) if save else None, headless=headless, fmt=fmt, full_frame=full_frame,
                 smooth=smooth, min_confidence=min_confidence, reconnect=reconnect, max_frames=max_frames,
                 duration=duration, realtime=realtime, size=camera_size, fps=camera_fps, every=every,
-                serve=serve_config))
+                serve=serve_config, collect=collecting, reload=reload))
+        if reload_model:
+            raise click.UsageError("--reload goes with --camera SRC")
         if serve is not None:
             raise click.UsageError("--serve needs --camera SRC; to classify uploaded images "
                                    "without a camera, run cifar-serve")
@@ -271,7 +319,7 @@ def main(sources, model, provider, threads, top_k, min_confidence, fmt, save, gr
                   "the package")
         return classify_images(clf, paths, fmt=fmt, save_dir=save_dir,
                                grid=Path(grid) if grid else None, min_confidence=min_confidence,
-                               batch_size=batch_size)
+                               batch_size=batch_size, collect=collecting)
 
     run_cli(PROG, body, show_traceback)
 

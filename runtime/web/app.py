@@ -5,6 +5,7 @@ Routes (every error is JSON ``{"error": message, "status": code}`` with its stat
   GET  /stream.mjpg      multipart/x-mixed-replace JPEGs (503 at the viewer cap, 404 without camera)
   GET  /api/latest       the newest prediction (503 before the first frame, 404 without camera)
   GET  /api/info         the model, the limits, whether a camera is live
+  GET  /metrics          the camera loop's counters, Prometheus text format (404 without camera)
   POST /api/classify     image(s) -> prediction(s): 400 empty/malformed, 403 from another site,
                          408 too slow, 411 no length, 413 too large, 415 not an image, 503 busy
   GET  /static/app.js, /static/app.css
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 from aiohttp import HttpVersion11, web
 
+from runtime.camera.metrics import CONTENT_TYPE
 from runtime.web import bodies, pages, uploads
 from runtime.web.auth import Access, same_origin
 from runtime.web.config import ServeConfig
@@ -33,6 +35,7 @@ from runtime.web.stream import FrameHub, TooManyViewers
 from runtime.web.uploads import RequestError
 
 if TYPE_CHECKING:
+    from runtime.camera.metrics import LiveMetrics
     from runtime.model.classifier import Classifier
 
 # A strict policy: nothing but this server's own files; pictures also from blob: (a file the
@@ -47,6 +50,7 @@ UPLOAD_SLOTS = 2  # uploads classified at once; more wait, so the camera loop ke
 # Where a request keeps the Set-Cookie its token asked for (aiohttp 3.13 types these keys).
 COOKIE = web.RequestKey("cookie", str) if hasattr(web, "RequestKey") else "cookie"
 ROUTES = {"/": {"GET": "page"}, "/stream.mjpg": {"GET": "stream"}, "/api/latest": {"GET": "latest"},
+          "/metrics": {"GET": "metrics"},
           "/api/info": {"GET": "info"}, "/api/classify": {"POST": "classify"},
           **{route: {"GET": "static"} for route in pages.STATIC_FILES}}
 
@@ -76,13 +80,12 @@ class Shared:
     Made on the server's event loop (its asyncio primitives belong to it)."""
 
     def __init__(self, classifier: "Classifier", config: ServeConfig, access: Access, hub: FrameHub | None,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], metrics: "LiveMetrics | None" = None):
         self.classifier, self.config, self.access, self.hub, self.log = classifier, config, access, hub, log
+        self.metrics = metrics
         self.index = pages.index_page(live=hub is not None)
         self.static = pages.load_static()
-        self.info = {"model": classifier.describe(), "classes": list(classifier.class_names),
-                     "top_k": classifier.top_k, "live": hub is not None,
-                     "max_upload_bytes": config.max_upload_bytes, "max_files": config.max_files}
+        self.use(classifier)
         self.budget = ByteBudget(config.upload_memory_bytes)
         self.stopping = asyncio.Event()  # set on close, after the grace: bodies still coming get a 503
         self.uploads_in_flight = 0
@@ -90,6 +93,14 @@ class Shared:
         self.classify_pool = ThreadPoolExecutor(UPLOAD_SLOTS, thread_name_prefix="http-classify")
         # A viewer waits for the next JPEG on the hub's Condition, one thread each, off the loop.
         self.viewer_pool = ThreadPoolExecutor(config.max_stream_clients, thread_name_prefix="http-viewer")
+
+    def use(self, classifier: "Classifier") -> None:
+        """Answer with ``classifier`` from now on (at start, and after a --reload)."""
+        config = self.config
+        self.info = {"model": classifier.describe(), "classes": list(classifier.class_names),
+                     "top_k": classifier.top_k, "live": self.hub is not None,
+                     "max_upload_bytes": config.max_upload_bytes, "max_files": config.max_files}
+        self.classifier = classifier
 
     def shutdown_pools(self) -> None:
         self.classify_pool.shutdown(wait=True, cancel_futures=True)
@@ -212,6 +223,11 @@ class _Handlers:
         if latest is None:
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no frame classified yet", (("Retry-After", "1"),))
         return _json(200, latest, [("Cache-Control", "no-cache")])
+
+    async def metrics(self, _request) -> web.Response:
+        self._hub()  # 404 without a camera
+        text = self.shared.metrics.prometheus_text()
+        return _send(200, text.encode("utf-8"), CONTENT_TYPE, [("Cache-Control", "no-cache")])
 
     async def stream(self, request: web.BaseRequest) -> web.StreamResponse:
         hub = self._hub()

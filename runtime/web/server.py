@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from runtime.camera.metrics import LiveMetrics
 from runtime.web.app import Shared, make_app
 from runtime.web.auth import Access, display_urls
 from runtime.web.config import ServeConfig, ServeError
@@ -126,8 +127,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class WebServer:
-    """Serve ``classifier`` over HTTP; ``live=True`` adds the stream and /api/latest, fed by
-    ``publish`` from the camera loop.
+    """Serve ``classifier`` over HTTP; ``live=True`` adds the stream, /api/latest and /metrics,
+    fed by ``publish`` from the camera loop.
 
     >>> with WebServer(clf, ServeConfig(port=8000), live=True, log=print) as server:
     ...     for result in loop.classify_stream(source, clf):
@@ -135,12 +136,20 @@ class WebServer:
     """
 
     def __init__(self, classifier: "Classifier", config: ServeConfig | None = None, *,
-                 live: bool = False, log: Callable[[str], None] = lambda _m: None):
+                 live: bool = False, log: Callable[[str], None] = lambda _m: None,
+                 metrics: LiveMetrics | None = None):
         config = config or ServeConfig()
         self.classifier, self.config, self.log = classifier, config, log
         self.hub = FrameHub(max_viewers=config.max_stream_clients, max_fps=config.stream_max_fps,
                             max_side=config.stream_max_side, quality=config.jpeg_quality,
                             log=log) if live else None
+        if self.hub is not None:
+            self.hub.set_status(model=classifier.model_path.name, reload_error=None)
+        # /metrics: the camera loop's counters (``run_camera`` keeps them and hands them over);
+        # without them a live server keeps its own, counted in ``publish``.
+        self._counts_frames = live and metrics is None
+        self.metrics = LiveMetrics(classifier.class_names, 0.0, classifier.model_path.name) \
+            if self._counts_frames else metrics
         self._httpd: _Running | None = None
         self._access: Access | None = None
 
@@ -154,7 +163,8 @@ class WebServer:
         thread = threading.Thread(target=loop.run_forever, name="http-server", daemon=True)
         thread.start()
         running = _Running(loop, thread, port, self.log)
-        make_shared = lambda: Shared(self.classifier, config, self._access, self.hub, self.log)  # noqa: E731
+        make_shared = lambda: Shared(self.classifier, config, self._access, self.hub, self.log,  # noqa: E731
+                                     self.metrics)
         try:
             asyncio.run_coroutine_threadsafe(running.serve(sock, make_shared), loop).result(timeout=30)
         except BaseException:
@@ -194,6 +204,21 @@ class WebServer:
         """Hand the camera loop's newest result to the viewers and /api/latest (never waits)."""
         if self.hub is not None:
             self.hub.publish(result)
+        if self._counts_frames:
+            self.metrics.observe(result)
+
+    def use(self, classifier: "Classifier") -> None:
+        """A reloaded model: uploads, /api/info and /api/latest answer with it from now on."""
+        self.classifier = classifier
+        if self._httpd is not None and self._httpd.shared is not None:
+            self._httpd.shared.use(classifier)
+        if self.hub is not None:
+            self.hub.set_status(model=classifier.model_path.name, reload_error=None)
+
+    def refused(self, reason: str) -> None:
+        """A reload refused: /api/latest says why, while the running model answers."""
+        if self.hub is not None:
+            self.hub.set_status(reload_error=reason)
 
     def close(self) -> None:
         """Stop serving: viewers and the encoder end, uploads under way get ``stop_grace_s`` to

@@ -77,6 +77,7 @@ class FrameHub:
         self._jpeg = b""
         self._viewers = 0
         self._closed = threading.Event()
+        self._status: dict = {}  # what /api/latest adds: the model running, why a reload was refused
         self._encoder = threading.Thread(target=self._encode_loop, name="mjpeg-encoder", daemon=True)
 
     # -- the camera loop's side: never waits on viewers --------------------------------------
@@ -90,6 +91,11 @@ class FrameHub:
             self._frame_seq += 1
             if self._viewers:
                 self._new_frame.notify()
+
+    def set_status(self, **status) -> None:
+        """Keys /api/latest adds to every answer (``model``, ``reload_error``)."""
+        with self._new_frame:
+            self._status.update(status)
 
     def close(self) -> None:
         """Wake every viewer and the encoder, which end; joins the encoder."""
@@ -109,10 +115,10 @@ class FrameHub:
     def latest(self) -> dict | None:
         """The newest prediction as JSON-ready data, or None before the first frame."""
         with self._new_frame:
-            result, at = self._result, self._published_at
+            result, at, status = self._result, self._published_at, dict(self._status)
         if result is None:
             return None
-        return {**result.to_dict(), "top_label": result.prediction.label, "time": round(at, 3)}
+        return {**result.to_dict(), "top_label": result.prediction.label, "time": round(at, 3), **status}
 
     # -- the viewers' side ------------------------------------------------------------------
 
