@@ -6,6 +6,8 @@ are the shipped model's real answers. The browser opens the URL the command prin
 its token), sees the stream's frames and the live prediction update, uploads images through
 the page's file input and reads their labels, and takes a screenshot; set
 ``CIFAR_EDGE_SCREENSHOT=docs/img/live-view.png`` to keep it for the docs.
+The label page too: a server over a --collect folder of sample images, one frame filed under
+a class by a click on its button, the next deleted by the d key.
 
 Skipped without Chromium and ChromeDriver (``apt-get install chromium chromium-driver``;
 ``.ci/run`` installs them), Selenium (the dev extra), or OpenCV and aiohttp (the camera extra).
@@ -182,3 +184,34 @@ def save_screenshot(driver, path: Path, bottom_of: str) -> Path:
     image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
     image.quantize(256).save(path, optimize=True)
     return path
+
+
+@pytest.fixture
+def labelling(tmp_path):
+    """A server over a --collect folder of three sample images (the shipped model's guesses in
+    its index), with a token: yields (the label page's URL, the folder, the model's classes)."""
+    from runtime.image.collect import CollectOptions, Collector
+    from runtime.web import ServeConfig, WebServer
+
+    clf = Classifier(default_model())
+    collector = Collector(CollectOptions(tmp_path, below=1.01, every_s=0.0), model=default_model().name)
+    for path in sample_images()[:3]:
+        collector.offer(clf.predict(path), image_rgb=Image.open(path), source=str(path))
+    with WebServer(clf, ServeConfig(port=0, token=TOKEN), collector=collector) as server:
+        yield f"http://127.0.0.1:{server.port}/label?token={TOKEN}", tmp_path, clf.class_names
+
+
+def test_label_a_collected_frame_with_a_click_and_a_key(labelling, browser):
+    url, folder, classes = labelling
+    browser.get(url)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 3, "no frames listed")
+    first, second = (li.get_attribute("data-file") for li in browser.find_elements(By.CSS_SELECTOR, "#frames > li")[:2])
+    thumb = browser.find_element(By.CSS_SELECTOR, "#frames > li img")
+    wait(browser, lambda d: thumb.get_property("naturalWidth") > 0, "the thumbnail did not load")
+    browser.find_element(By.CSS_SELECTOR, "#frames > li .actions button").click()  # "1 <first class>"
+    wait(browser, lambda d: (folder / "labelled" / classes[0] / first).is_file(), "the click filed nothing")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 2, "still listed")
+    assert not (folder / first).exists()
+    browser.find_element(By.TAG_NAME, "body").send_keys("d")  # delete the next one
+    wait(browser, lambda d: not (folder / second).exists(), "the d key deleted nothing")
+    assert console_errors(browser) == []

@@ -116,7 +116,8 @@ class _Sinks:
         if o.serve is not None:
             from runtime.web import WebServer
 
-            self.server = WebServer(clf, o.serve, live=True, log=self.log, metrics=self.metrics).start()
+            self.server = WebServer(clf, o.serve, live=True, log=self.log, metrics=self.metrics,
+                                    collector=self.collector).start()
         self.window = None if o.headless else outputs.Window.try_open(f"cifar-run {self.spec}")
         if self.window is None and not o.headless:
             self.log("no display: running headless")

@@ -4,6 +4,7 @@
 cifar-serve                          http://127.0.0.1:8000/ on this machine only
 cifar-serve --host 0.0.0.0           any machine that can reach this one, with a token
 curl --data-binary @cat.jpg http://127.0.0.1:8000/api/classify
+cifar-serve --collect DIR            also label what cifar-run --collect DIR kept, on /label
 
 The page takes several images at once (a form, or drag and drop); POST /api/classify takes an
 image as the multipart field 'image' or as the raw body and answers with JSON. For a live
@@ -46,6 +47,9 @@ def serve_until_signalled(server, note) -> int:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free one).")
 @auth_options
+@click.option("--collect", metavar="DIR", type=click.Path(file_okay=False, exists=True),
+              help="Label the frames cifar-run --collect DIR kept, on the page /label: each is "
+                   "filed under DIR/labelled/<class>/.")
 @click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="onnxruntime intra-op threads (0 = onnxruntime's default).")
@@ -53,7 +57,7 @@ def serve_until_signalled(server, note) -> int:
               help="How many labels to report per image.")
 @trust_options
 @traceback_option
-def main(model, host, port, token, no_auth, provider, threads, top_k, no_verify, allow_failed, show_traceback):
+def main(model, host, port, token, no_auth, collect, provider, threads, top_k, no_verify, allow_failed, show_traceback):
     def note(message: str) -> None:
         click.echo(f"{PROG}: {message}", err=True)
 
@@ -63,7 +67,15 @@ def main(model, host, port, token, no_auth, provider, threads, top_k, no_verify,
         config = ServeConfig(host=host, port=port, token=token, auth=not no_auth)
         clf = load_classifier(model, provider, threads, top_k, no_verify, allow_failed, note)
         note(clf.describe())
-        return serve_until_signalled(WebServer(clf, config, log=note), note)
+        collector = None
+        if collect is not None:
+            from pathlib import Path
+
+            from runtime.image.collect import CollectOptions, Collector
+
+            collector = Collector(CollectOptions(Path(collect)), model=clf.model_path.name)
+            note(f"labelling {len(collector.pending())} collected frame(s) of {collect} on /label")
+        return serve_until_signalled(WebServer(clf, config, log=note, collector=collector), note)
 
     run_cli(PROG, body, show_traceback)
 

@@ -11,6 +11,11 @@ On disk::
 
     DIR/index.jsonl                       one JSON object per saved file, oldest first
     DIR/20261202T152400.123Z-000001.jpg   the full frame or image, named by UTC time
+    DIR/labelled/<class>/*.jpg            frames labelled in the browser (``runtime.web.labels``):
+                                          out of the index, never counted or pruned here
+
+``take`` and ``mark`` (the labelling page, on the server's thread) and ``offer`` (the camera
+loop) change the folder under one lock, so the index always names exactly the JPEGs left.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -92,6 +98,7 @@ class Collector:
         if self.folder.exists() and not self.folder.is_dir():
             raise SourceError(f"--collect {self.folder}: exists and is not a directory")
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()  # offer, take and mark change the folder and index one at a time
         self.saved: deque[_Saved] = self._read_folder()
         self.last_saved: float | None = None
         self.count = 0  # saved by this Collector
@@ -141,15 +148,48 @@ class Collector:
         line = (json.dumps(record) + "\n").encode("utf-8")
         if len(jpeg) + len(line) > self.options.max_bytes:
             return None  # one frame larger than the whole cap: never saved
-        self._make_room(len(jpeg) + len(line))
         target = self.folder / name
-        with atomic_write(target, "wb") as fh:
-            fh.write(jpeg)
-        self._append(line)  # only once the JPEG is in place
-        self.saved.append(_Saved(name, len(jpeg), line))
+        with self.lock:
+            self._make_room(len(jpeg) + len(line))
+            with atomic_write(target, "wb") as fh:
+                fh.write(jpeg)
+            self._append(line)  # only once the JPEG is in place
+            self.saved.append(_Saved(name, len(jpeg), line))
         self.last_saved = self.clock()
         self.count += 1
         return target
+
+    def pending(self) -> list[dict]:
+        """The index records of the JPEGs still in the folder, oldest first."""
+        with self.lock:
+            return [json.loads(s.line) for s in self.saved if s.line]
+
+    def take(self, name: str, move: Callable[[Path], None]) -> dict:
+        """Take the JPEG ``name`` out of the collection: ``move(path)`` moves or deletes it, then
+        its line leaves the index (a crash between the two leaves a line the next Collector
+        drops), so it is neither listed nor counted against max_bytes again. Its record;
+        KeyError when the index does not name it."""
+        with self.lock:
+            entry = self._entry(name)
+            move(self.folder / name)
+            self.saved.remove(entry)
+            self._rewrite_index(self.saved)
+        return json.loads(entry.line)
+
+    def mark(self, name: str, **fields) -> dict:
+        """Add ``fields`` to the index line of ``name`` (``skipped``); the new record."""
+        with self.lock:
+            entry = self._entry(name)
+            record = {**json.loads(entry.line), **fields}
+            entry.line = (json.dumps(record) + "\n").encode("utf-8")
+            self._rewrite_index(self.saved)
+        return record
+
+    def _entry(self, name: str) -> _Saved:
+        for entry in self.saved:
+            if entry.name == name and entry.line:
+                return entry
+        raise KeyError(name)
 
     def _make_room(self, needed: int) -> None:
         """Remove the oldest JPEGs until ``needed`` more bytes fit under max_bytes: their
@@ -169,18 +209,22 @@ class Collector:
             fh.write(b"".join(s.line for s in saved))
 
     def _append(self, line: bytes) -> None:
-        """One write of a whole line, flushed to disk (O_APPEND: never interleaved)."""
-        fd = os.open(self.folder / INDEX, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.folder / INDEX, line)
 
     def summary(self) -> str:
         return (f"collected {self.count} input(s) below {self.options.below:.0%} confidence in {self.folder}"
                 + (f" ({self.removed} oldest removed to stay under {self.options.max_bytes} bytes)"
                    if self.removed else ""))
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """One write of a whole line, flushed to disk (O_APPEND: never interleaved)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _encode(frame_bgr: np.ndarray | None, image_rgb: Image.Image | None, quality: int) -> bytes:

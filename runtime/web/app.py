@@ -8,7 +8,12 @@ Routes (every error is JSON ``{"error": message, "status": code}`` with its stat
   GET  /metrics          the camera loop's counters, Prometheus text format (404 without camera)
   POST /api/classify     image(s) -> prediction(s): 400 empty/malformed, 403 from another site,
                          408 too slow, 411 no length, 413 too large, 415 not an image, 503 busy
-  GET  /static/app.js, /static/app.css
+  GET  /label            the label page: the frames --collect DIR kept (404 without --collect)
+  GET  /api/collected    those frames as JSON, and how many are filed under each class
+  GET  /collected/NAME   one of those JPEGs (only a name DIR's index lists, only from DIR)
+  POST /api/label        {"file", "label"} files a frame under DIR/labelled/<label>/;
+                         {"file", "action": "skip"|"delete"}: 400 bad name, 403 from another site
+  GET  /static/app.js, /static/app.css, /static/label.js
 
 One handler takes every path and method and looks them up in ROUTES, so a path outside that
 list is 404 and a method outside it 405 with ``Allow``, whatever aiohttp's router would say.
@@ -31,11 +36,13 @@ from runtime.camera.metrics import CONTENT_TYPE
 from runtime.web import bodies, pages, uploads
 from runtime.web.auth import Access, same_origin
 from runtime.web.config import ServeConfig
+from runtime.web.labels import Labeller
 from runtime.web.stream import FrameHub, TooManyViewers
 from runtime.web.uploads import RequestError
 
 if TYPE_CHECKING:
     from runtime.camera.metrics import LiveMetrics
+    from runtime.image.collect import Collector
     from runtime.model.classifier import Classifier
 
 # A strict policy: nothing but this server's own files; pictures also from blob: (a file the
@@ -48,10 +55,14 @@ SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Content-Security-Po
 BOUNDARY = "cifar-edge-frame"
 UPLOAD_SLOTS = 2  # uploads classified at once; more wait, so the camera loop keeps its CPU
 # Where a request keeps the Set-Cookie its token asked for (aiohttp 3.13 types these keys).
+LABEL_BODY_BYTES = 4096  # a POST /api/label body: one small JSON object
+COLLECTED = "/collected/"  # + a JPEG's name: the one route with a name in its path
 COOKIE = web.RequestKey("cookie", str) if hasattr(web, "RequestKey") else "cookie"
 ROUTES = {"/": {"GET": "page"}, "/stream.mjpg": {"GET": "stream"}, "/api/latest": {"GET": "latest"},
           "/metrics": {"GET": "metrics"},
           "/api/info": {"GET": "info"}, "/api/classify": {"POST": "classify"},
+          "/label": {"GET": "label_page"}, "/api/collected": {"GET": "collected"},
+          "/api/label": {"POST": "label"},
           **{route: {"GET": "static"} for route in pages.STATIC_FILES}}
 
 
@@ -80,9 +91,12 @@ class Shared:
     Made on the server's event loop (its asyncio primitives belong to it)."""
 
     def __init__(self, classifier: "Classifier", config: ServeConfig, access: Access, hub: FrameHub | None,
-                 log: Callable[[str], None], metrics: "LiveMetrics | None" = None):
+                 log: Callable[[str], None], metrics: "LiveMetrics | None" = None,
+                 collector: "Collector | None" = None):
         self.classifier, self.config, self.access, self.hub, self.log = classifier, config, access, hub, log
         self.metrics = metrics
+        self.labeller = Labeller(collector) if collector is not None else None
+        self.label_page = pages.label_page()
         self.index = pages.index_page(live=hub is not None)
         self.static = pages.load_static()
         self.use(classifier)
@@ -166,7 +180,8 @@ class _Handlers:
         request[COOKIE] = verdict.set_cookie
         if not (cross := same_origin(request.method, request.headers)).ok:
             raise RequestError(cross.status, cross.message)
-        methods = ROUTES.get(request.path)
+        methods = ROUTES.get(request.path) or (
+            {"GET": "collected_jpeg"} if request.path.startswith(COLLECTED) else None)
         if methods is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {request.path}")
         method = "GET" if request.method == "HEAD" and "GET" in methods else request.method
@@ -174,8 +189,9 @@ class _Handlers:
             allowed = ", ".join(list(methods) + (["HEAD"] if "GET" in methods else []))
             raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on "
                                f"{request.path} (use {allowed})", (("Allow", allowed),))
-        if methods[method] == "classify":
-            bodies.declared_length(request, shared.config.max_upload_bytes)
+        if methods[method] in ("classify", "label"):
+            bodies.declared_length(request, shared.config.max_upload_bytes if methods[method] == "classify"
+                                   else LABEL_BODY_BYTES)
         return methods[method]
 
     async def expect(self, request: web.BaseRequest) -> web.StreamResponse | None:
@@ -211,6 +227,40 @@ class _Handlers:
 
     async def info(self, _request) -> web.Response:
         return _json(200, self.shared.info)
+
+    def _labeller(self) -> Labeller:
+        if self.shared.labeller is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, "nothing to label: this server was started "
+                               "without --collect DIR")
+        return self.shared.labeller
+
+    async def label_page(self, _request) -> web.Response:
+        self._labeller()
+        return _send(200, self.shared.label_page, pages.HTML, [("Cache-Control", "no-cache")])
+
+    async def collected(self, _request) -> web.Response:
+        listing = await asyncio.to_thread(self._labeller().listing)
+        return _json(200, listing, [("Cache-Control", "no-cache")])
+
+    async def collected_jpeg(self, request) -> web.Response:
+        path = self._labeller().jpeg(request.path[len(COLLECTED):])
+        try:
+            body = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:  # labelled or pruned a moment ago
+            raise RequestError(HTTPStatus.NOT_FOUND, "no such collected frame") from None
+        return _send(200, body, "image/jpeg", [("Cache-Control", "no-cache")])
+
+    async def label(self, request) -> web.Response:
+        labeller = self._labeller()
+        late = RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within "
+                            f"{self.shared.config.body_timeout_s:.0f} s")
+        raw = await self._within(request.read(), self.shared.config.body_timeout_s, late)  # <= LABEL_BODY_BYTES
+        try:
+            wanted = json.loads(raw)
+        except ValueError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the body is not JSON: send "
+                               '{"file": NAME, "label": CLASS}') from None
+        return _json(200, await asyncio.to_thread(labeller.apply, wanted))
 
     def _hub(self) -> FrameHub:
         if self.shared.hub is None:

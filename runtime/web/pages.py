@@ -1,4 +1,4 @@
-"""What the server sends besides JSON and the stream: the page, its script and style sheet
+"""What the server sends besides JSON and the stream: the pages, their scripts and style sheet
 (read once from the package, served by a fixed list of names, never by a path from the
 request) and the results page a form without JavaScript gets back."""
 
@@ -13,6 +13,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/static/label.js": ("label.js", "text/javascript; charset=utf-8"),
 }
 HTML = "text/html; charset=utf-8"
 _LIVE_SECTION = re.compile(r"<!-- live:begin -->.*?<!-- live:end -->\n?", re.DOTALL)
@@ -27,6 +28,11 @@ def index_page(live: bool) -> bytes:
     """The page: live view and upload, or upload only when there is no camera."""
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     return (page if live else _LIVE_SECTION.sub("", page)).encode("utf-8")
+
+
+def label_page() -> bytes:
+    """The label page (its script, label.js, fills it from /api/collected)."""
+    return (STATIC_DIR / "label.html").read_bytes()
 
 
 def _top_k_list(top_k: list[dict]) -> str:

@@ -29,6 +29,7 @@ from runtime.web.stream import FrameHub
 
 if TYPE_CHECKING:
     from runtime.camera.loop import FrameResult
+    from runtime.image.collect import Collector
     from runtime.model.classifier import Classifier
 
 __all__ = ["ServeError", "WebServer"]
@@ -128,7 +129,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 class WebServer:
     """Serve ``classifier`` over HTTP; ``live=True`` adds the stream, /api/latest and /metrics,
-    fed by ``publish`` from the camera loop.
+    fed by ``publish`` from the camera loop; ``collector`` adds the label page over its folder.
 
     >>> with WebServer(clf, ServeConfig(port=8000), live=True, log=print) as server:
     ...     for result in loop.classify_stream(source, clf):
@@ -137,9 +138,10 @@ class WebServer:
 
     def __init__(self, classifier: "Classifier", config: ServeConfig | None = None, *,
                  live: bool = False, log: Callable[[str], None] = lambda _m: None,
-                 metrics: LiveMetrics | None = None):
+                 metrics: LiveMetrics | None = None, collector: "Collector | None" = None):
         config = config or ServeConfig()
         self.classifier, self.config, self.log = classifier, config, log
+        self.collector = collector  # --collect DIR: its frames are labelled on /label
         self.hub = FrameHub(max_viewers=config.max_stream_clients, max_fps=config.stream_max_fps,
                             max_side=config.stream_max_side, quality=config.jpeg_quality,
                             log=log) if live else None
@@ -164,7 +166,7 @@ class WebServer:
         thread.start()
         running = _Running(loop, thread, port, self.log)
         make_shared = lambda: Shared(self.classifier, config, self._access, self.hub, self.log,  # noqa: E731
-                                     self.metrics)
+                                     self.metrics, self.collector)
         try:
             asyncio.run_coroutine_threadsafe(running.serve(sock, make_shared), loop).result(timeout=30)
         except BaseException:
