@@ -189,7 +189,7 @@ def save_screenshot(driver, path: Path, bottom_of: str) -> Path:
 @pytest.fixture
 def labelling(tmp_path):
     """A server over a --collect folder of three sample images (the shipped model's guesses in
-    its index), with a token: yields (the label page's URL, the folder, the model's classes)."""
+    its index), with a token: yields (the main page's URL, the folder, the model's classes)."""
     from runtime.image.collect import CollectOptions, Collector
     from runtime.web import ServeConfig, WebServer
 
@@ -198,12 +198,15 @@ def labelling(tmp_path):
     for path in sample_images()[:3]:
         collector.offer(clf.predict(path), image_rgb=Image.open(path), source=str(path))
     with WebServer(clf, ServeConfig(port=0, token=TOKEN), collector=collector) as server:
-        yield f"http://127.0.0.1:{server.port}/label?token={TOKEN}", tmp_path, clf.class_names
+        yield f"http://127.0.0.1:{server.port}/?token={TOKEN}", tmp_path, clf.class_names
 
 
 def test_label_a_collected_frame_with_a_click_and_a_key(labelling, browser):
     url, folder, classes = labelling
-    browser.get(url)
+    browser.get(url)  # the main page links to the label page when there is one
+    link = browser.find_element(By.CSS_SELECTOR, "#label-link a")
+    wait(browser, lambda d: link.is_displayed(), "no link to the label page")
+    link.click()
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 3, "no frames listed")
     first, second = (li.get_attribute("data-file") for li in browser.find_elements(By.CSS_SELECTOR, "#frames > li")[:2])
     thumb = browser.find_element(By.CSS_SELECTOR, "#frames > li img")

@@ -22,6 +22,7 @@ from runtime.cli.serve import main as cifar_serve  # noqa: E402
 from runtime.image.collect import INDEX, CollectOptions, Collector  # noqa: E402
 from runtime.model.classifier import Classifier, Prediction  # noqa: E402
 from runtime.web import ServeConfig, WebServer  # noqa: E402
+from runtime.web import labels  # noqa: E402
 from runtime.web.labels import LABELLED, LOG  # noqa: E402
 
 
@@ -73,6 +74,7 @@ def test_the_page_and_a_listed_frame_with_the_models_guess(served):
     assert status == 200 and b'<script src="/static/label.js" defer></script>' in page
     assert b"<script>" not in page and "script-src 'self'" in headers["Content-Security-Policy"]
     assert request(server, "GET", "/static/label.js")[0] == 200
+    assert json.loads(request(server, "GET", "/api/info")[2])["labelling"] is True
     status, _, body = request(server, "GET", "/api/collected")
     frames = json.loads(body)["frames"]
     assert [f["file"] for f in frames] == sorted(p.name for p in folder.glob("*.jpg"))
@@ -100,6 +102,14 @@ def test_a_frame_labelled_lands_whole_in_its_class_folder_and_leaves_the_list(se
     assert request(server, "GET", f"/collected/{first}")[0] == 404
     status, _, body = request(server, "GET", "/api/collected")
     assert json.loads(body)["labelled"] == {"cat": 1}
+
+
+def test_a_long_list_is_sent_in_part(clf, tmp_path, monkeypatch):
+    monkeypatch.setattr(labels, "LISTED", 2)
+    with WebServer(clf, ServeConfig(port=0), collector=collect(tmp_path, 3)) as server:
+        status, _, body = request(server, "GET", "/api/collected")
+    listing = json.loads(body)
+    assert len(listing["frames"]) == 2 and listing["total"] == 3
 
 
 def test_a_new_class_skip_and_delete(served):
@@ -178,6 +188,7 @@ def test_without_collect_there_is_nothing_to_label(clf):
     with WebServer(clf, ServeConfig(port=0)) as server:
         assert request(server, "GET", "/label")[0] == 404
         assert request(server, "GET", "/api/collected")[0] == 404
+        assert json.loads(request(server, "GET", "/api/info")[2])["labelling"] is False
 
 
 def test_a_labelled_frame_is_neither_counted_nor_pruned_by_the_cap(served):
@@ -195,8 +206,8 @@ def test_a_labelled_frame_is_neither_counted_nor_pruned_by_the_cap(served):
 
 
 def test_the_labelled_folder_is_what_cifar_train_reads(served):
-    pytest.importorskip("train.folders")
-    from train.folders import list_folder
+    pytest.importorskip("train.data")
+    from train.data import load_dataset  # cifar-train's own loader; no TensorFlow
 
     server, collector, folder = served
     for i in range(3, 5):  # two more frames come from the camera while the page is open
@@ -205,9 +216,10 @@ def test_the_labelled_folder_is_what_cifar_train_reads(served):
     assert len(names) == 5
     for name, label in zip(names, ["cat", "new class", "cat", "new class", "cat"]):
         assert post(server, {"file": name, "label": label})[0] == 200
-    listing = list_folder(folder / LABELLED)  # labels.jsonl beside the class folders is no class
-    assert listing.class_names == ("cat", "new class")
-    assert sorted(len(files) for files in listing.files.values()) == [2, 3]
+    data = load_dataset(folder / LABELLED, cache_dir=folder / ".cache", quiet=True)  # labels.jsonl: no class
+    assert data.class_names == ("cat", "new class") and data.split["layout"] == "flat"
+    assert len(data.x_train) + len(data.x_test) == 5 and data.x_train.shape[1:] == (32, 32, 3)
+    assert sorted(data.y_test.tolist()) == [0, 1]  # one of each class to test, the rest to train
 
 
 def test_cifar_serve_needs_an_existing_collect_folder(tiny_model, tmp_path):

@@ -4,7 +4,8 @@ Routes (every error is JSON ``{"error": message, "status": code}`` with its stat
   GET  /                 the page: live view (with a camera) and upload
   GET  /stream.mjpg      multipart/x-mixed-replace JPEGs (503 at the viewer cap, 404 without camera)
   GET  /api/latest       the newest prediction (503 before the first frame, 404 without camera)
-  GET  /api/info         the model, the limits, whether a camera is live
+  GET  /api/info         the model, the limits, whether a camera is live, whether /label is
+                         served
   GET  /metrics          the camera loop's counters, Prometheus text format (404 without camera)
   POST /api/classify     image(s) -> prediction(s): 400 empty/malformed, 403 from another site,
                          408 too slow, 411 no length, 413 too large, 415 not an image, 503 busy
@@ -113,6 +114,7 @@ class Shared:
         config = self.config
         self.info = {"model": classifier.describe(), "classes": list(classifier.class_names),
                      "top_k": classifier.top_k, "live": self.hub is not None,
+                     "labelling": self.labeller is not None,
                      "max_upload_bytes": config.max_upload_bytes, "max_files": config.max_files}
         self.classifier = classifier
 

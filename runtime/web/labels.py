@@ -38,6 +38,7 @@ _CLASS = re.compile(rf"[^\W_](?:[\w -]{{0,{MAX_CLASS_CHARS - 2}}}[\w-])?")
 _RESERVED = {"train", "test"}  # DIR/labelled/train/ would make cifar-train read a split layout
 _FILE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}\.jpg")
 ACTIONS = ("label", "skip", "delete")
+LISTED = 60  # frames per listing: the page shows these; a Pi need not render 500 thumbnails at once
 
 
 def check_class(name) -> str:
@@ -58,10 +59,11 @@ class Labeller:
         self.labelled = self.folder / LABELLED
 
     def listing(self) -> dict:
-        """Frames left to label, oldest first and skipped ones after, with what was filed so far."""
+        """The first LISTED frames left to label, oldest first and skipped ones after; how many
+        are left in all; how many are filed under each class so far."""
         records = [r for r in self.collector.pending() if (self.folder / r["file"]).is_file()]
         records.sort(key=lambda r: bool(r.get("skipped")))  # stable: oldest first within each
-        return {"frames": records, "labelled": self.counts()}
+        return {"frames": records[:LISTED], "total": len(records), "labelled": self.counts()}
 
     def counts(self) -> dict[str, int]:
         """{class: frames in DIR/labelled/<class>/}."""

@@ -152,6 +152,7 @@
     try {
       info = await fetchJSON("/api/info");
       $("model").textContent = info.model;
+      $("label-link").hidden = !info.labelling; // --collect DIR: its frames can be labelled
     } catch (error) {
       $("model").textContent = error.message;
     }

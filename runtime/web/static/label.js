@@ -79,7 +79,8 @@
   async function refresh() {
     const listing = await fetchJSON("/api/collected");
     $("frames").replaceChildren(...listing.frames.map(frameCard));
-    $("left").textContent = `(${listing.frames.length} to label)`;
+    const shown = listing.frames.length < listing.total ? `, the first ${listing.frames.length} shown` : "";
+    $("left").textContent = `(${listing.total} to label${shown})`;
     const filed = Object.entries(listing.labelled).map(([name, n]) => `${name}: ${n}`).join(", ");
     $("filed").textContent = filed ? `Filed so far: ${filed}` : "";
   }
