@@ -60,12 +60,13 @@ def jpegs(folder: Path) -> list[str]:
 
 
 def disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir())
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name != collect.LOCK)  # the cap: JPEGs + index
 
 
 def assert_complete(folder: Path) -> None:
-    """Every JPEG decodes to its end, the index names exactly the JPEGs, no temporary file."""
-    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    """Every JPEG decodes to its end, the index names exactly the JPEGs, no temporary file (the
+    commands' lock file, which stays, is none)."""
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != collect.LOCK]
     for name in jpegs(folder):
         with Image.open(folder / name) as image:
             image.load()  # raises on a truncated file
@@ -183,6 +184,18 @@ def test_collect_folder_must_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(collect.SourceError, match="exists and is not a directory"):
         collector(tmp_path / "file", Clock())
+
+
+def test_one_process_per_folder(tmp_path):
+    first = Collector(CollectOptions(tmp_path), model="a.onnx", exclusive=True)
+    with pytest.raises(collect.SourceError, match=f"--collect {tmp_path}: in use by pid {os.getpid()}; one cifar-run"):
+        Collector(CollectOptions(tmp_path), model="b.onnx", exclusive=True)
+    Collector(CollectOptions(tmp_path), model="c.onnx")  # the library's own use: no claim
+    first.close()
+    second = Collector(CollectOptions(tmp_path), model="b.onnx", exclusive=True)  # free again
+    assert (tmp_path / collect.LOCK).read_text() == f"pid {os.getpid()}\n"
+    second.close()
+    assert jpegs(tmp_path) == [] and not (tmp_path / INDEX).exists()  # the lock is no frame
 
 
 # -- the camera loop and the images command ----------------------------------------------------

@@ -219,7 +219,8 @@ def test_the_labelled_folder_is_what_cifar_train_reads(served):
     data = load_dataset(folder / LABELLED, cache_dir=folder / ".cache", quiet=True)  # labels.jsonl: no class
     assert data.class_names == ("cat", "new class") and data.split["layout"] == "flat"
     assert len(data.x_train) + len(data.x_test) == 5 and data.x_train.shape[1:] == (32, 32, 3)
-    assert sorted(data.y_test.tolist()) == [0, 1]  # one of each class to test, the rest to train
+    # Each class has a file to test and one to train (the names carry the time: which, varies).
+    assert set(data.y_test.tolist()) == {0, 1} and set(data.y_train.tolist()) == {0, 1}
 
 
 def test_cifar_serve_needs_an_existing_collect_folder(tiny_model, tmp_path):
@@ -260,6 +261,22 @@ def test_cifar_run_collects_and_serves_the_label_page(tiny_model, tmp_path):
                                "--collect-every", "0.2", script=SERVE_SCRIPT)
     name = label_over_http(proc, port, tmp_path, "airplane")
     assert name not in (tmp_path / INDEX).read_text()
+
+
+def test_cifar_serve_is_refused_a_folder_a_running_cifar_run_collects_into(tiny_model, tmp_path):
+    proc, port = start_serving("--camera", "fake", "--model", str(tiny_model), "--headless", "--every", "5",
+                               "--serve", "127.0.0.1:0", "--collect", str(tmp_path), "--collect-below", "1",
+                               "--collect-every", "0.2", script=SERVE_SCRIPT)
+    try:
+        result = CliRunner().invoke(cifar_serve, ["--model", str(tiny_model), "--collect", str(tmp_path),
+                                                  "--port", "0"])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert f"--collect {tmp_path}: in use by pid {proc.pid}; one cifar-run or cifar-serve per folder" \
+            in result.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    Collector(CollectOptions(tmp_path), model="tiny.onnx", exclusive=True).close()  # the child gone, it is free
 
 
 def test_a_large_body_is_refused_and_a_slow_one_read_whole(served):

@@ -55,30 +55,41 @@ def test_split_layout_any_names_any_sizes(tmp_path):
     assert np.array_equal(big.x_train[big.y_train == 2][0], prepare(first_parcel, InputContract(height=48, width=48)))
 
 
-def test_flat_layout_is_split_per_class_seeded_and_reproducible(tmp_path):
-    root = write_own_classes(tmp_path / "d", "flat", n_train=8, n_test=2)  # 10 images a class
+def test_flat_layout_is_split_per_file_and_reproducible(tmp_path):
+    from train.folders import flat_position
+
+    root = write_own_classes(tmp_path / "d", "flat", n_train=16, n_test=4)  # 20 images a class
     data = load_dataset(root)
-    assert data.class_names == SORTED and len(data.x_train) == 24 and len(data.x_test) == 6
-    assert np.bincount(data.y_test).tolist() == [2, 2, 2]  # 20% of each class
     split = data.split
+    assert data.class_names == SORTED and len(data.x_train) + len(data.x_test) == 60
     assert split["layout"] == "flat" and split["test_fraction"] == 0.2 and split["seed"] == 0
-    assert len(split["test_files"]) == 6 and all(f.split("/")[0] in SORTED for f in split["test_files"])
+    assert split["untested"] == [] and len(split["test_files"]) == len(data.x_test)
+    # The rule, file by file: under the fraction to test, plus each class's lowest; never its highest.
+    for name in SORTED:
+        files = sorted((root / name).iterdir(), key=lambda f: flat_position(name, f.name))
+        expected = {f"{name}/{f.name}" for f in files[1:-1] if flat_position(name, f.name) < 0.2} | {f"{name}/{files[0].name}"}
+        assert {f for f in split["test_files"] if f.startswith(f"{name}/")} == expected
+    assert 0 < np.bincount(data.y_test, minlength=3).min() and np.bincount(data.y_test).max() < 20
     again = load_dataset(root, cache_dir=tmp_path / "other-cache")
     assert again.split == split and np.array_equal(again.x_test, data.x_test)
-    # A class's split depends on its own files only: another class gaining images changes nothing there.
-    shutil.copy(next((root / "cat").iterdir()), root / "cat" / "extra.png")
-    grown = load_dataset(root)
-    assert [f for f in grown.split["test_files"] if not f.startswith("cat/")] == \
-        [f for f in split["test_files"] if not f.startswith("cat/")]
+    # A folder that grows keeps every file on its side: the test files before are test files after,
+    # the training files before are training files after, and the other classes do not move at all.
+    for i in range(40):
+        shutil.copy(next((root / "cat").iterdir()), root / "cat" / f"grown-{i:03d}.png")
+    grown = load_dataset(root).split["test_files"]
+    assert set(split["test_files"]) <= set(grown)
+    assert [f for f in grown if not f.startswith("cat/")] == [f for f in split["test_files"] if not f.startswith("cat/")]
+    assert 4 <= sum(f.startswith("cat/grown-") for f in grown) <= 16  # about 20% of the 40 new ones
     # The recorded test files win over the rule; a missing one is named.
     recorded = load_dataset(root, test_files=split["test_files"])
     assert recorded.split["test_files"] == split["test_files"]
     (root / split["test_files"][0]).unlink()
     with pytest.raises(DataError, match=f"{split['test_files'][0]}: missing, yet the run recorded it"):
         load_dataset(root, test_files=split["test_files"])
-    # At least one test image, even from two.
+    # Two images: one to test, one to train, whatever their hashes.
     small = write_own_classes(tmp_path / "s", "flat", n_train=1, n_test=1)
-    assert np.bincount(load_dataset(small).y_test).tolist() == [1, 1, 1]
+    tiny = load_dataset(small)
+    assert np.bincount(tiny.y_test).tolist() == [1, 1, 1] and np.bincount(tiny.y_train).tolist() == [1, 1, 1]
 
 
 def test_duplicates_across_splits_are_one_warning_line(tmp_path):
@@ -148,12 +159,17 @@ def test_bad_data_is_one_line_naming_the_path(tmp_path, damage):
     _bad(tmp_path, damage)
 
 
-def test_flat_class_of_one_image_and_images_without_class_folders(tmp_path):
+def test_flat_class_of_one_image_trains_untested_and_images_without_class_folders(tmp_path):
     root = write_own_classes(tmp_path / "d", "flat", n_train=3, n_test=1)
     for f in sorted((root / "cat").iterdir())[1:]:
         f.unlink()
-    with pytest.raises(DataError, match=f"{root / 'cat'}: only 1 image; a class needs at least 2"):
-        load_dataset(root)
+    lines = []
+    data = load_dataset(root, quiet=True, log=lines.append)  # a labelled folder's new class, one frame in
+    cat = SORTED.index("cat")
+    assert (data.y_train == cat).sum() == 1 and (data.y_test == cat).sum() == 0
+    assert data.split["untested"] == ["cat"] and sorted(set(data.y_test.tolist())) == [i for i in range(3) if i != cat]
+    assert [line for line in lines if "not tested" in line] == \
+        ["warning: 1 class(es) of one image train but are not tested: cat (a class needs 2 images to be tested)"]
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.fromarray(make_images(1)[0][0]).save(loose / "a.png")
@@ -200,6 +216,13 @@ def own_run(request, tmp_path_factory):
     return data, run, layout, size
 
 
+def _n_test(data: Path, layout: str) -> int:
+    """The test split's size: 10 a class written, or by the DIR/<class>/ rule, about 20%."""
+    from train.folders import list_folder
+
+    return 3 * 10 if layout == "split" else len(list_folder(data).files["test"])
+
+
 @requires_tf
 def test_the_run_records_classes_size_and_split(own_run):
     data, run, layout, size = own_run
@@ -207,7 +230,8 @@ def test_the_run_records_classes_size_and_split(own_run):
     assert config["class_names"] == list(SORTED) and config["config"]["input_size"] == size
     assert config["split"]["layout"] == ("flat" if layout == "flat" else "train/test")
     if layout == "flat":
-        assert len(config["split"]["test_files"]) == 3 * 10 and config["init"] is None
+        assert len(config["split"]["test_files"]) == _n_test(data, layout) and config["init"] is None
+        assert 3 <= _n_test(data, layout) <= 25  # 50 a class: about 10 each
 
 
 @requires_tf
@@ -218,7 +242,8 @@ def test_export_carries_the_names_and_the_input_size(own_run):
     data, run, layout, size = own_run
     report = json.loads((run / "model.parity.json").read_text())
     assert report["passed"] and [e["variant"] for e in report["entries"]] == ["fp32", "int8"]
-    assert report["entries"][0]["n"] == 30 and "photos (3 classes) test split, 30 images" == report["data"]
+    n = _n_test(data, layout)
+    assert report["entries"][0]["n"] == n and f"photos (3 classes) test split, {n} images" == report["data"]
     for name in ("model.onnx", "model-int8.onnx"):
         meta = read_metadata(run / name)
         assert meta[KEY_CLASS_NAMES] == list(SORTED)
@@ -252,7 +277,7 @@ def test_cifar_eval_finds_the_same_test_split(own_run, tmp_path):
                                                 "--quiet"])
         assert result.exit_code == 0, result.output
         report = json.loads((tmp_path / model / "report.json").read_text())
-        assert report["images"] == 30 and report["class_names"] == list(SORTED)
+        assert report["images"] == _n_test(data, layout) and report["class_names"] == list(SORTED)
 
 
 # -- --init: the features copied, a new head ----------------------------------------------------

@@ -17,6 +17,7 @@ from runtime.errors import OptionError
 from .config import AUTO_BATCH_MAX, FINE_TUNE, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RECIPE_BATCH, RECIPES, TrainConfig
 from .models import MODELS, PRECISIONS
 from .progress import plural
+from .replay import DEFAULT_PER_CLASS
 
 _D = TrainConfig()
 _STARTED = time.perf_counter()  # about when the command started: the budget of --time counts all of it (train.fit.clock)
@@ -54,6 +55,13 @@ def _recipe_note(field: str) -> str:
               help="Start from a saved model's features: 'shipped' (the bundled default model) or a "
                    ".keras file of the same --model; a new head for your classes, and a fine-tuning "
                    "schedule (10 epochs, batches of up to 64 sized to the data, peak learning rate 0.01).")
+@click.option("--replay", metavar="DIR", type=click.Path(exists=True, file_okay=False),
+              help="With --init: also train on images of the data the model was trained on (DIR, an image "
+                   "folder), --replay-images of each class, so that fine-tuning on a few new images "
+                   "(a labelled folder) does not forget the classes it knew. The images and --data's go "
+                   "into OUT/data, which the run then reads.")
+@click.option("--replay-images", type=click.IntRange(min=1), default=DEFAULT_PER_CLASS, metavar="N",
+              help="--replay: training images of each class of DIR.")
 @click.option("--time", "time_budget", metavar="DURATION", default=None,
               help="Train to a time budget for the whole command, e.g. 90s, 2m, 1h30m: the first steps "
                    "measure this machine, then the epochs, steps and learning-rate curve are planned to "
@@ -94,7 +102,7 @@ def _recipe_note(field: str) -> str:
 @click.option("--quiet", is_flag=True,
               help="No progress bars (they are drawn only on a terminal anyway); one line per epoch.")
 @traceback_option
-def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cutout, precision, val_images, seed,
+def main(data, model, input_size, init, replay, replay_images, time_budget, epochs, batch_size, lr, cutout, precision, val_images, seed,
          distribute, limit, test_limit, out, overwrite, resume_dir, quiet, show_traceback):
     """Train a Keras CNN on CIFAR-10 or on your own classes.
 
@@ -104,6 +112,7 @@ def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cut
       cifar-train --data ../shared/data/cifar10 --model quick --time 2m --out runs/quick
       cifar-train --data ../shared/data/cifar10 --out runs/default --overwrite
       cifar-train --data my_photos --init shipped --out runs/mine
+      cifar-train --data unsure/labelled --init shipped --replay ../shared/data/cifar10 --out runs/round1
 
     Ctrl+C or SIGTERM saves a resumable checkpoint; continue with --resume RUN_DIR.
     With --distribute multiworker, every worker runs the same command and running it again
@@ -130,15 +139,36 @@ def main(data, model, input_size, init, time_budget, epochs, batch_size, lr, cut
                                            val_images=val_images, seed=seed, distribute=distribute,
                                            train_limit=limit, test_limit=test_limit, time_budget=seconds)
             run_dir = out or f"runs/{name}"
+        if replay is not None:
+            _check_replay(data, init, resume_dir)
         check_run(config, run_dir, data, resume=bool(resume_dir), overwrite=overwrite, cluster=cluster_of(config))
+        trained_on = data if replay is None else _with_replay(data, replay, replay_images, run_dir)
         from .fit import FitControl, fit
 
-        result = fit(config, out=run_dir, data=data, resume=bool(resume_dir), overwrite=overwrite,
+        result = fit(config, out=run_dir, data=trained_on, resume=bool(resume_dir), overwrite=overwrite,
                      quiet=True if quiet else None,  # None: progress bars only on a terminal
                      control=FitControl(started=_STARTED))
         click.echo(_done(result))
 
     run_cli("cifar-train", body, show_traceback)
+
+
+def _check_replay(data, init, resume_dir) -> None:
+    if resume_dir:
+        raise OptionError("--resume continues on the run's own data (its data/ folder); drop --replay")
+    if init is None:
+        raise OptionError("--replay goes with --init (it keeps what the --init model knew)")
+    if data is None:
+        raise OptionError("--replay adds to --data DIR (a labelled folder); give --data")
+
+
+def _with_replay(data, replay, per_class: int, run_dir):
+    """--replay: the run's data becomes RUN/data, --data's images and DIR's (``train.replay``)."""
+    from pathlib import Path
+
+    from .replay import with_replay
+
+    return with_replay(data, replay, Path(run_dir) / "data", per_class, log=lambda line: click.echo(line, err=True))
 
 
 def _done(result) -> str:

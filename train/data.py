@@ -141,6 +141,10 @@ def _load_folder(root: Path, cache_dir: Path, splits: tuple[str, ...], quiet: bo
     empty = (np.zeros((0, input_size, input_size, 3), np.uint8), np.zeros((0,), np.int64), None)
     loaded = {split: decode_split(split, listing.files[split], root, cache_dir, input_size, quiet, log)
               if split in splits else empty for split in SPLITS}
+    untested = (listing.split or {}).get("untested") or []
+    if log is not None and untested and "test" in splits:
+        log(f"warning: {len(untested)} class(es) of one image train but are not tested: "
+            f"{', '.join(untested[:5])}{', ...' if len(untested) > 5 else ''} (a class needs 2 images to be tested)")
     if log is not None and all(split in splits for split in SPLITS):
         warn_duplicates(listing.files["train"], loaded["train"][2], listing.files["test"], loaded["test"][2], log)
     return ImageDataset(*loaded["train"][:2], *loaded["test"][:2], listing.class_names, str(root), listing.split)

@@ -34,6 +34,7 @@ from .models import (as_float32, build_model, check_init, copy_features, load_ke
 from .optim import BiasScaledSGD, OneCycle
 from .preflight import check_run
 from .progress import plural, progress_bar
+from .replay import forgetting_warning
 from .quiet_import import import_keras
 from .split import Split, auto_val_images, split_validation  # noqa: F401 (importable from here too)
 
@@ -176,6 +177,11 @@ def _prepare_model(run: _Run, dataset: ImageDataset, strategy, resume: bool) -> 
     if run.cluster is not None:
         multiworker.share_state(strategy, run.cluster, run.model, split,
                                 run.run_dir / "last.keras" if resume else None)
+    if init is not None:
+        counts = np.bincount(split.y_train, minlength=len(dataset.class_names)).tolist()
+        warning = forgetting_warning(Path(init["from"]), dataset.source, tuple(dataset.class_names), counts)
+        if warning:
+            log(warning)
     if init is not None and config.init == "shipped" and tuple(dataset.class_names) == CIFAR10_CLASSES \
             and config.val_images != 0:
         log("note: the shipped model was trained on all of CIFAR-10's training split, these validation images "

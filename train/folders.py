@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -31,11 +30,17 @@ from .progress import progress_bar
 
 SPLITS = ("train", "test")
 MIN_CLASSES, MAX_CLASSES = 2, 1000
-# DIR/<class>/ datasets: each class keeps this share of its images (at least one) for test,
-# chosen by a shuffle seeded with FLAT_SPLIT_SEED and the class name. Fixed, not the run's seed,
-# so evaluation and export find the same split from the files alone.
+# DIR/<class>/ datasets: a file is in test when the hash of its class and file name (with
+# FLAT_SPLIT_SEED), read as a number in [0, 1), is below FLAT_TEST_FRACTION; a class's file of
+# lowest hash is always in test, and of highest always in train. Fixed, not the run's seed, so
+# evaluation and export find the same split from the files alone; per file, so a folder that
+# grows (a labelled folder, round after round) never moves a file from one side to the other
+# (only, in a class with no file under the fraction, the lowest file while a lower one comes).
 FLAT_TEST_FRACTION = 0.2
 FLAT_SPLIT_SEED = 0
+FLAT_RULE = ("per file: blake2b of 'seed/class/file name' as a number in [0, 1); below test_fraction "
+             "to test; a class's lowest always to test, its highest always to train; a class of one "
+             "image trains only (listed in 'untested')")
 DIGEST_BYTES = 16  # blake2b of each file's bytes: finds the same file in train and test
 
 Files = list[tuple[Path, int]]  # (image file, class index), by class then file name
@@ -89,10 +94,9 @@ def _list_flat_layout(root: Path, test_files: Collection[str] | None) -> FolderL
     for index, name in enumerate(class_names):
         for f in by_class[name]:
             files["test" if _relative(root, f) in chosen else "train"].append((f, index))
-    split = {"layout": "flat", "rule": "per class: its files shuffled (seed, crc32 of the class name), the first "
-                                       "round(test_fraction x files), at least 1, to test",
-             "seed": FLAT_SPLIT_SEED, "test_fraction": FLAT_TEST_FRACTION,
-             "test_files": [_relative(root, f) for f, _ in files["test"]]}
+    split = {"layout": "flat", "rule": FLAT_RULE, "seed": FLAT_SPLIT_SEED, "test_fraction": FLAT_TEST_FRACTION,
+             "test_files": [_relative(root, f) for f, _ in files["test"]],
+             "untested": [name for name in class_names if not any(_relative(root, f) in chosen for f in by_class[name])]}
     return FolderListing(class_names, files, split)
 
 
@@ -128,15 +132,23 @@ def _relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def flat_position(class_name: str, file_name: str) -> float:
+    """Where a file falls in [0, 1) by the DIR/<class>/ rule: its name's hash, not its bytes
+    (a file re-encoded in place keeps its side)."""
+    digest = hashlib.blake2b(f"{FLAT_SPLIT_SEED}/{class_name}/{file_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0 ** 64
+
+
 def _flat_test_rule(root: Path, by_class: dict[str, list[Path]]) -> set[str]:
+    """The test files of a DIR/<class>/ folder (``FLAT_RULE``); a class's split depends on its own
+    files only, and each file's side on its own name."""
     chosen = set()
     for name, images in by_class.items():
         if len(images) < 2:
-            raise DataError(f"{root / name}: only 1 image; a class needs at least 2 (one to train on, one to test)")
-        # Seeded by the class name too: a class's split depends on its own files only.
-        rng = np.random.default_rng([FLAT_SPLIT_SEED, zlib.crc32(name.encode())])
-        n_test = max(1, round(FLAT_TEST_FRACTION * len(images)))
-        chosen.update(_relative(root, images[i]) for i in rng.permutation(len(images))[:n_test])
+            continue  # one image: it trains, and the class goes untested (load_dataset says so)
+        ranked = sorted(images, key=lambda f: flat_position(name, f.name))
+        test = [f for f in ranked[1:-1] if flat_position(name, f.name) < FLAT_TEST_FRACTION]
+        chosen.update(_relative(root, f) for f in [ranked[0], *test])
     return chosen
 
 

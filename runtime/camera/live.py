@@ -110,7 +110,7 @@ class _Sinks:
         if o.collect is not None:
             from runtime.image.collect import Collector
 
-            self.collector = Collector(o.collect, model=clf.model_path.name)
+            self.collector = Collector(o.collect, model=clf.model_path.name, exclusive=True)
         if o.save is not None:
             self.saver = outputs.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
         if o.serve is not None:
@@ -161,10 +161,11 @@ class _Sinks:
             return False
 
     def close(self, source) -> None:
-        if self.collector is not None:
-            self.log(self.collector.summary())
         if self.server is not None:
             self.server.close()
+        if self.collector is not None:
+            self.log(self.collector.summary())
+            self.collector.close()  # after the server: the labelling page writes through it
         if self.window is not None:
             self.window.close()
         if source is not None:

@@ -147,7 +147,7 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
     from runtime.image.collect import Collector
     from runtime.image.draw import TILE, annotate_image, contact_sheet
 
-    collector = Collector(collect, model=clf.model_path.name) if collect is not None else None
+    collector = Collector(collect, model=clf.model_path.name, exclusive=True) if collect is not None else None
 
     plan = plan_saved_copies(paths) if save_dir is not None else None
     width = min(60, max([len("file")] + [len(p) for p in paths]))

@@ -73,7 +73,7 @@ def main(model, host, port, token, no_auth, collect, provider, threads, top_k, n
 
             from runtime.image.collect import CollectOptions, Collector
 
-            collector = Collector(CollectOptions(Path(collect)), model=clf.model_path.name)
+            collector = Collector(CollectOptions(Path(collect)), model=clf.model_path.name, exclusive=True)
             note(f"labelling {len(collector.pending())} collected frame(s) of {collect} on /label")
         return serve_until_signalled(WebServer(clf, config, log=note, collector=collector), note)
 

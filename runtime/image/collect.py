@@ -16,6 +16,9 @@ On disk::
 
 ``take`` and ``mark`` (the labelling page, on the server's thread) and ``offer`` (the camera
 loop) change the folder under one lock, so the index always names exactly the JPEGs left.
+Across processes, ``exclusive=True`` (what the commands pass) holds ``DIR/.lock`` (an
+``flock``, released when the process ends however it ends): a second cifar-run or cifar-serve
+on the folder is refused in one line instead of each rewriting the index from its own view.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from runtime.model.classifier import Prediction
 
 INDEX = "index.jsonl"
+LOCK = ".lock"  # held by the one process collecting into or labelling the folder
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3,
                "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -92,12 +96,13 @@ class Collector:
     injectable for tests."""
 
     def __init__(self, options: CollectOptions, model: str, *, clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc), exclusive: bool = False):
         self.options, self.model, self.clock, self.now = options, model, clock, now
         self.folder = Path(options.folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise SourceError(f"--collect {self.folder}: exists and is not a directory")
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._claim = claim_folder(self.folder) if exclusive else None
         self.lock = threading.Lock()  # offer, take and mark change the folder and index one at a time
         self.saved: deque[_Saved] = self._read_folder()
         self.last_saved: float | None = None
@@ -211,10 +216,38 @@ class Collector:
     def _append(self, line: bytes) -> None:
         append_line(self.folder / INDEX, line)
 
+    def close(self) -> None:
+        """Let another process have the folder (the lock of ``exclusive=True``)."""
+        if self._claim is not None:
+            os.close(self._claim)
+            self._claim = None
+
     def summary(self) -> str:
         return (f"collected {self.count} input(s) below {self.options.below:.0%} confidence in {self.folder}"
                 + (f" ({self.removed} oldest removed to stay under {self.options.max_bytes} bytes)"
                    if self.removed else ""))
+
+
+def claim_folder(folder: Path) -> int | None:
+    """Hold ``folder/.lock`` for this process (an exclusive, non-blocking ``flock``; the file says
+    whose): the open descriptor, or a SourceError naming the process that holds it. None where
+    the OS has no flock (Windows): one process per folder is then the user's to keep."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+        os.close(fd)
+        raise SourceError(f"--collect {folder}: in use by {holder}; one cifar-run or cifar-serve per "
+                          "folder (to label while collecting: cifar-run --camera SRC --collect DIR "
+                          "--serve PORT)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}\n".encode())
+    return fd
 
 
 def append_line(path: Path, line: bytes) -> None:
