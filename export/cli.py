@@ -75,7 +75,7 @@ PROG = "cifar-export"
               help="Allow Lambda layers, whose Python code is stored in the model file and runs when it loads "
                    "(Keras safe_mode=False). Only for a file you trust.")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
-              help="Parity on the first N test images only (for quick checks).")
+              help="Parity on N test images only, evenly spaced through the split (for quick checks).")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress bars (drawn only on a terminal anyway) and no line per stage.")
 @traceback_option

@@ -85,13 +85,15 @@ def load_test_split(data: str | os.PathLike, limit: int | None = None, input_siz
 
 
 def from_test_split(run: RunRecord, limit: int | None = None) -> ParityData:
-    """The first ``limit`` images (None: all) of the test split ``run`` read, at its model's size."""
+    """``limit`` images (None: all) of the test split ``run`` read, at its model's size, evenly
+    spaced through it: a folder's split is in class order, and its first N can be one class."""
     dataset = run.dataset
     if len(dataset.x_test) == 0:
         raise DataError(f"{run.data}: the test split is empty")
     x, y = dataset.x_test, dataset.y_test
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
+    if limit is not None and limit < len(x):
+        picked = np.arange(limit) * len(x) // limit
+        x, y = x[picked], y[picked]
     # train.data prepares every file through runtime.image.preprocess.prepare at the model's size:
     # x.astype(float32) is exactly what runtime.image.preprocess.to_batch gives the model.
     name = "CIFAR-10" if dataset.class_names == CIFAR10_CLASSES else \

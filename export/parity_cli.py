@@ -23,7 +23,7 @@ PROG = "cifar-parity"
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write the report as JSON to this file.")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True,
-              help="Compare on the first N test images only.")
+              help="Compare on N test images only, evenly spaced through the split.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars (they are drawn only on a terminal anyway).")
 @traceback_option
 def main(reference, candidates, data, min_agreement, max_abs_diff, max_drop, json_out, test_limit, quiet,

@@ -73,7 +73,7 @@ class ExportConfig:
     fp32_thresholds: Thresholds | None = None
     int8_thresholds: Thresholds | None = None
     fp16_thresholds: Thresholds | None = None
-    test_limit: int | None = None  # parity on the first N test images (tests); None = all 10000
+    test_limit: int | None = None  # parity on N test images, evenly spaced (tests); None = all
     # Fold normalization, BatchNorm and the temperature into the neighbouring layers before
     # conversion (export.fold): the same function with fewer operators, faster everywhere.
     fold: bool = True

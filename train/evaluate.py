@@ -22,6 +22,7 @@ from runtime.model.confidence import ECE_BINS, Bin, confidence_figures
 from runtime.model.confidence import reliability as reliability_of
 from runtime.model.confidence import selective as selective_of
 
+from . import _callable_module
 from .data import ImageDataset, load_for_model, take_slice
 from .models import load_keras_model
 from .progress import progress_bar
@@ -264,3 +265,7 @@ def plot_reliability(bins: list[dict] | list[Bin], path: Path, title: str = "Rel
     hist.set(xlim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="images")
     hist.grid(axis="y", alpha=0.3, linewidth=0.5)
     _save(fig, path)
+
+
+# ``from train import evaluate`` gives this module once it is imported: calling it calls evaluate().
+_callable_module(__name__)

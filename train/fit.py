@@ -24,7 +24,7 @@ from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError
 from runtime.model.contract import CIFAR10_CLASSES
 
-from . import budget, multiworker, runfolder
+from . import _callable_module, budget, multiworker, runfolder
 from .augment import augment_epoch, augmented_epoch
 from .average import average_tail, snapshot_path
 from .config import AUTO_BATCH_MAX, RECIPE_BATCH, TrainConfig
@@ -823,3 +823,7 @@ def _versions() -> dict:
 
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": np.__version__, "machine": platform.machine()}
+
+
+# ``from train import fit`` gives this module once it is imported: calling it calls fit().
+_callable_module(__name__)
