@@ -196,6 +196,11 @@ def test_one_process_per_folder(tmp_path):
     assert (tmp_path / collect.LOCK).read_text() == f"pid {os.getpid()}\n"
     second.close()
     assert jpegs(tmp_path) == [] and not (tmp_path / INDEX).exists()  # the lock is no frame
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "read-only"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(collect.SourceError, match=f"--collect {locked}: cannot write there"):
+            Collector(CollectOptions(locked), model="a.onnx", exclusive=True)
 
 
 # -- the camera loop and the images command ----------------------------------------------------

@@ -102,8 +102,8 @@ def _recipe_note(field: str) -> str:
 @click.option("--quiet", is_flag=True,
               help="No progress bars (they are drawn only on a terminal anyway); one line per epoch.")
 @traceback_option
-def main(data, model, input_size, init, replay, replay_images, time_budget, epochs, batch_size, lr, cutout, precision, val_images, seed,
-         distribute, limit, test_limit, out, overwrite, resume_dir, quiet, show_traceback):
+def main(data, model, input_size, init, replay, replay_images, time_budget, epochs, batch_size, lr, cutout,
+         precision, val_images, seed, distribute, limit, test_limit, out, overwrite, resume_dir, quiet, show_traceback):
     """Train a Keras CNN on CIFAR-10 or on your own classes.
 
     \b

@@ -22,7 +22,7 @@ from runtime.model.confidence import ECE_BINS, Bin, confidence_figures
 from runtime.model.confidence import reliability as reliability_of
 from runtime.model.confidence import selective as selective_of
 
-from . import _callable_module
+from .callable import callable_module
 from .data import ImageDataset, load_for_model, take_slice
 from .models import load_keras_model
 from .progress import progress_bar
@@ -268,4 +268,4 @@ def plot_reliability(bins: list[dict] | list[Bin], path: Path, title: str = "Rel
 
 
 # ``from train import evaluate`` gives this module once it is imported: calling it calls evaluate().
-_callable_module(__name__)
+callable_module(__name__)

@@ -24,9 +24,10 @@ from runtime.atomic import atomic_path, atomic_write
 from runtime.errors import CifarEdgeError
 from runtime.model.contract import CIFAR10_CLASSES
 
-from . import _callable_module, budget, multiworker, runfolder
+from . import budget, multiworker, runfolder
 from .augment import augment_epoch, augmented_epoch
 from .average import average_tail, snapshot_path
+from .callable import callable_module
 from .config import AUTO_BATCH_MAX, RECIPE_BATCH, TrainConfig
 from .data import ImageDataset, load_dataset, recorded_test_files, take_slice
 from .models import (as_float32, build_model, check_init, copy_features, load_keras_model, precision_reason,
@@ -34,8 +35,8 @@ from .models import (as_float32, build_model, check_init, copy_features, load_ke
 from .optim import BiasScaledSGD, OneCycle
 from .preflight import check_run
 from .progress import plural, progress_bar
-from .replay import forgetting_warning
 from .quiet_import import import_keras
+from .replay import forgetting_warning
 from .split import Split, auto_val_images, split_validation  # noqa: F401 (importable from here too)
 
 keras = import_keras()
@@ -826,4 +827,4 @@ def _versions() -> dict:
 
 
 # ``from train import fit`` gives this module once it is imported: calling it calls fit().
-_callable_module(__name__)
+callable_module(__name__)

@@ -236,7 +236,10 @@ def claim_folder(folder: Path) -> int | None:
         import fcntl
     except ImportError:
         return None
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SourceError(f"--collect {folder}: cannot write there ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
