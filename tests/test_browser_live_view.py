@@ -188,14 +188,14 @@ def save_screenshot(driver, path: Path, bottom_of: str) -> Path:
 
 @pytest.fixture
 def labelling(tmp_path):
-    """A server over a --collect folder of three sample images (the shipped model's guesses in
+    """A server over a --collect folder of four sample images (the shipped model's guesses in
     its index), with a token: yields (the main page's URL, the folder, the model's classes)."""
     from runtime.image.collect import CollectOptions, Collector
     from runtime.web import ServeConfig, WebServer
 
     clf = Classifier(default_model())
     collector = Collector(CollectOptions(tmp_path, below=1.01, every_s=0.0), model=default_model().name)
-    for path in sample_images()[:3]:
+    for path in sample_images()[:4]:
         collector.offer(clf.predict(path), image_rgb=Image.open(path), source=str(path))
     with WebServer(clf, ServeConfig(port=0, token=TOKEN), collector=collector) as server:
         yield f"http://127.0.0.1:{server.port}/?token={TOKEN}", tmp_path, clf.class_names
@@ -207,14 +207,25 @@ def test_label_a_collected_frame_with_a_click_and_a_key(labelling, browser):
     link = browser.find_element(By.CSS_SELECTOR, "#label-link a")
     wait(browser, lambda d: link.is_displayed(), "no link to the label page")
     link.click()
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 3, "no frames listed")
-    first, second = (li.get_attribute("data-file") for li in browser.find_elements(By.CSS_SELECTOR, "#frames > li")[:2])
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 4, "no frames listed")
+    first, second, third, fourth = (li.get_attribute("data-file")
+                                    for li in browser.find_elements(By.CSS_SELECTOR, "#frames > li"))
     thumb = browser.find_element(By.CSS_SELECTOR, "#frames > li img")
     wait(browser, lambda d: thumb.get_property("naturalWidth") > 0, "the thumbnail did not load")
     browser.find_element(By.CSS_SELECTOR, "#frames > li .actions button").click()  # "1 <first class>"
     wait(browser, lambda d: (folder / "labelled" / classes[0] / first).is_file(), "the click filed nothing")
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 2, "still listed")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 3, "still listed")
     assert not (folder / first).exists()
     browser.find_element(By.TAG_NAME, "body").send_keys("d")  # delete the next one
     wait(browser, lambda d: not (folder / second).exists(), "the d key deleted nothing")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 2, "still listed")
+    typed = browser.find_element(By.CSS_SELECTOR, "#frames > li input.new-class")
+    typed.send_keys("traffic cone\n")  # a class the model does not know ...
+    wait(browser, lambda d: (folder / "labelled" / "traffic cone" / third).is_file(), "the typed class filed nothing")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#frames > li")) == 1, "still listed")
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#frames > li .actions button")
+    assert [b.text for b in buttons][:10] == [f"{(i + 1) % 10} {name}" for i, name in enumerate(classes)]
+    assert buttons[10].text == "traffic cone"  # ... is a button from then on: one click for the next
+    buttons[10].click()
+    wait(browser, lambda d: (folder / "labelled" / "traffic cone" / fourth).is_file(), "the new button filed nothing")
     assert console_errors(browser) == []

@@ -6,7 +6,9 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const percent = (p) => `${(100 * p).toFixed(1)}%`;
-  let classes = [];
+  let modelClasses = []; // the model's, from /api/info
+  let classes = []; // the buttons: the model's, then each new class filed so far
+  const keyOf = (i) => (i < 9 ? `${i + 1}` : i === 9 ? "0" : ""); // 1-9, then 0 for the tenth
 
   if (new URLSearchParams(location.search).has("token")) {
     history.replaceState(null, "", location.pathname); // the cookie holds it from now on
@@ -60,7 +62,7 @@
       element("span", "result-confidence", percent(frame.confidence)));
     const actions = element("div", "actions");
     classes.forEach((name, i) => {
-      const key = i < 9 ? `${i + 1}` : "";
+      const key = keyOf(i);
       actions.append(button(key ? `${key} ${name}` : name, `file under ${name}`, () => send(card, { label: name })));
     });
     const typed = element("input", "new-class");
@@ -78,6 +80,8 @@
 
   async function refresh() {
     const listing = await fetchJSON("/api/collected");
+    const filedNew = Object.keys(listing.labelled).filter((name) => !modelClasses.includes(name)).sort();
+    classes = [...modelClasses, ...filedNew]; // a class typed once is a button from then on
     $("frames").replaceChildren(...listing.frames.map(frameCard));
     const shown = listing.frames.length < listing.total ? `, the first ${listing.frames.length} shown` : "";
     $("left").textContent = `(${listing.total} to label${shown})`;
@@ -91,15 +95,15 @@
     if (!card) return;
     if (event.key === "s") send(card, { action: "skip" });
     else if (event.key === "d") send(card, { action: "delete" });
-    else if (/^[1-9]$/.test(event.key) && classes[Number(event.key) - 1]) {
-      send(card, { label: classes[Number(event.key) - 1] });
+    else if (/^[0-9]$/.test(event.key) && classes[event.key === "0" ? 9 : Number(event.key) - 1]) {
+      send(card, { label: classes[event.key === "0" ? 9 : Number(event.key) - 1] });
     }
   });
 
   async function start() {
     try {
       const info = await fetchJSON("/api/info");
-      classes = info.classes;
+      modelClasses = info.classes;
       $("model").textContent = info.model;
       await refresh();
     } catch (error) {
