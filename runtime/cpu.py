@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
-# The flags worth showing: SIMD width and the int8 dot-product instructions, x86 then arm64.
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+# The flags worth showing: SIMD width, the int8 dot-product instructions and bfloat16 (what
+# makes training pay, train.models.BF16_FLAGS), x86 then arm64.
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16",
                      "asimd", "asimddp", "i8mm", "sve")
 INT8_FLAGS = {"x86_64": ("avx512_vnni", "avx_vnni", "amx_int8"), "arm64": ("asimddp", "i8mm")}
 _ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}

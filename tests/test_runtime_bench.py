@@ -143,6 +143,8 @@ def test_int8_outlook_from_cpu_flags():
     pi5 = cpu_features(PI.format(" asimddp", 5), "aarch64")
     assert pi5.int8_likely is True and pi5.int8_flags == ("asimddp",)
     assert cpu_features("", "arm64").int8_likely is None
+    zen4 = cpu_features(X86.format("avx512f avx512_vnni avx512_bf16 avx512_vpopcntdq"), "x86_64")
+    assert zen4.flags == ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")  # bf16 named: training speed
 
 
 def test_int8_speedup_pairs_fp32_with_int8():
