@@ -17,6 +17,7 @@ from helpers import ListSource, solid_frame as frame
 
 from runtime.camera import live
 from runtime.cli.run import main as cifar_run
+from runtime.image.collect import INDEX, CollectOptions, model_file_id
 from runtime.model import bundled
 from runtime.model.classifier import Classifier
 from runtime.model.reload import ModelWatcher
@@ -107,13 +108,15 @@ class SteppedSource(ListSource):
         return frame(GREY_BGR)
 
 
-def test_reload_while_frames_flow(watched, monkeypatch, capsys):
+def test_reload_while_frames_flow(watched, monkeypatch, capsys, tmp_path):
     source = SteppedSource()
     monkeypatch.setattr(live, "open_source", lambda *_a, **_k: source)
     old = Classifier(watched, provider="cpu", threads=1)
+    old_id = model_file_id(watched)
     logged = []
     options = live.CameraOptions(headless=True, fmt="json", reload_every_s=0.02,
-                                 reload=lambda: Classifier(watched, provider="cpu", threads=1))
+                                 reload=lambda: Classifier(watched, provider="cpu", threads=1),
+                                 collect=CollectOptions(tmp_path / "unsure", below=1.01, every_s=0.0))
     failed = []
 
     def drive():  # on a thread of its own: run_camera, which handles signals, keeps the main one
@@ -152,6 +155,11 @@ def test_reload_while_frames_flow(watched, monkeypatch, capsys):
     assert grey_old != grey_new
     assert all(row["top_k"] == grey_old and row["totals"]["reloads"] == 0 for row in rows[:6])
     assert all(row["top_k"] == grey_new and row["totals"]["reloads"] == 1 for row in rows[6:])
+    # Every frame was collected (below 1.01): each index line names the version that guessed it.
+    index = [json.loads(line) for line in (tmp_path / "unsure" / INDEX).read_text().splitlines()]
+    new_id = model_file_id(bundled.default_model())
+    assert old_id != new_id and [r["frame"] for r in index] == list(range(9))
+    assert [r["model_sha256"] for r in index] == [old_id] * 6 + [new_id] * 3
     refusal = next(line for line in logged if "refused" in line)
     assert refusal.startswith(f"reload: {watched} refused, the running model stays: ")
 

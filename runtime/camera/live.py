@@ -108,9 +108,10 @@ class _Sinks:
         self.metrics = LiveMetrics(clf.class_names, o.collect.below if o.collect else o.min_confidence,
                                    clf.model_path.name)
         if o.collect is not None:
-            from runtime.image.collect import Collector
+            from runtime.image.collect import Collector, model_file_id
 
-            self.collector = Collector(o.collect, model=clf.model_path.name, exclusive=True)
+            self.collector = Collector(o.collect, model=clf.model_path.name, exclusive=True,
+                                       model_sha256=model_file_id(clf.model_path))
         if o.save is not None:
             self.saver = outputs.VideoSaver(o.save, fps=getattr(source, "fps", None) or 30.0)
         if o.serve is not None:
@@ -126,6 +127,10 @@ class _Sinks:
         """A reloaded model, between frames: counted, served; handed back to the loop."""
         if fresh is not None:
             self.metrics.reloaded(fresh.model_path.name)
+            if self.collector is not None:  # the frames it keeps from now on name the new version
+                from runtime.image.collect import model_file_id
+
+                self.collector.model, self.collector.model_sha256 = fresh.model_path.name, model_file_id(fresh.model_path)
             if self.server is not None:
                 self.server.use(fresh)
         return fresh

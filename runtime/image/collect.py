@@ -9,7 +9,8 @@ most a hidden temporary file, removed by the next Collector on the folder.
 
 On disk::
 
-    DIR/index.jsonl                       one JSON object per saved file, oldest first
+    DIR/index.jsonl                       one JSON object per saved file, oldest first (time, file,
+                                          model and its sha256, source, frame, label, top-k)
     DIR/20261202T152400.123Z-000001.jpg   the full frame or image, named by UTC time
     DIR/labelled/<class>/*.jpg            frames labelled in the browser (``runtime.web.labels``):
                                           out of the index, never counted or pruned here
@@ -96,8 +97,10 @@ class Collector:
     injectable for tests."""
 
     def __init__(self, options: CollectOptions, model: str, *, clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc), exclusive: bool = False):
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc), exclusive: bool = False,
+                 model_sha256: str | None = None):
         self.options, self.model, self.clock, self.now = options, model, clock, now
+        self.model_sha256 = model_sha256  # which version of the file guessed (model_file_id); None: not said
         self.folder = Path(options.folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise SourceError(f"--collect {self.folder}: exists and is not a directory")
@@ -148,7 +151,8 @@ class Collector:
         stamp = self.now()
         name = f"{stamp:%Y%m%dT%H%M%S}.{stamp.microsecond // 1000:03d}Z-{self.count + 1:06d}.jpg"
         record = {"time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "file": name,
-                  "model": self.model, "source": source, **({"frame": frame} if frame is not None else {}),
+                  "model": self.model, **({"model_sha256": self.model_sha256} if self.model_sha256 else {}),
+                  "source": source, **({"frame": frame} if frame is not None else {}),
                   **prediction.to_dict()}
         line = (json.dumps(record) + "\n").encode("utf-8")
         if len(jpeg) + len(line) > self.options.max_bytes:
@@ -226,6 +230,21 @@ class Collector:
         return (f"collected {self.count} input(s) below {self.options.below:.0%} confidence in {self.folder}"
                 + (f" ({self.removed} oldest removed to stay under {self.options.max_bytes} bytes)"
                    if self.removed else ""))
+
+
+def model_file_id(path: str | os.PathLike) -> str | None:
+    """The first 16 hex digits of the model file's sha256: tells the versions of one path apart
+    (``--reload`` keeps the name); None if it cannot be read."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def claim_folder(folder: Path) -> int | None:
