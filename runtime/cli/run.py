@@ -144,11 +144,9 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
     a final note says where, and each JSON/CSV line which copy is its own. ``collect``
     (``CollectOptions``): the inputs the model is unsure of, saved by a ``Collector``."""
     from runtime.atomic import atomic_path
-    from runtime.image.collect import Collector, model_file_id
     from runtime.image.draw import TILE, annotate_image, contact_sheet
 
-    collector = None if collect is None else Collector(collect, model=clf.model_path.name, exclusive=True,
-                                                       model_sha256=model_file_id(clf.model_path))
+    collector = None if collect is None else _collector(clf, collect)
 
     plan = plan_saved_copies(paths) if save_dir is not None else None
     width = min(60, max([len("file")] + [len(p) for p in paths]))
@@ -197,6 +195,13 @@ def classify_images(clf, paths: list[str], *, fmt: str, save_dir: Path | None, g
         _note(f"{failed} of {len(paths)} input(s) failed")
         return ExitCode.PARTIAL
     return ExitCode.OK
+
+
+def _collector(clf, collect):
+    """The Collector of ``--collect`` (``CollectOptions``), holding its folder for this process."""
+    from runtime.image.collect import Collector, model_file_id
+
+    return Collector(collect, model=clf.model_path.name, exclusive=True, model_sha256=model_file_id(clf.model_path))
 
 
 def _note_copies(plan: SavePlan, written: set[Path], save_dir: Path) -> None:
