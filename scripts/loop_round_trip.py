@@ -413,7 +413,7 @@ def summary(report: dict) -> str:
     c, live = report["collect"], report["reload"]
     lines += ["", f"collect: {c['saved']} of {c['frames']} frames saved ({c['saved_new_class']} cones, "
                   f"{c['saved_known']} known) in {c['seconds']} s",
-              f"train: " + "; ".join(f"{k} {v['train_images']} images, {v['train_seconds']} s + export "
+              "train: " + "; ".join(f"{k} {v['train_images']} images, {v['train_seconds']} s + export "
                                      f"{v['export_seconds']} s" for k, v in report["train"].items()),
               f"reload: {live['frames']}/{live['clip_frames']} frames, in order: {live['in_order_none_dropped']}; "
               f"new model from frame {live['first_frame_of_new_model']}, {live['reload_seconds']} s after the "

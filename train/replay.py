@@ -3,7 +3,7 @@
 A labelled folder (``cifar-run --collect``, then the labelling page) holds what the deployed
 model was unsure of: many images of a new class, a handful of each class it already had, none
 of a class it was always sure of. Fine-tuned on that alone, the model learns the new class and
-forgets the others (measured in docs/running.md: 90.4% -> 41.0% on CIFAR-10's classes, one of
+forgets the others (measured in docs/running.md: 90.4% -> 2-51% on CIFAR-10's classes, one of
 them gone). ``with_replay`` makes the folder a run trains on: every image of the labelled
 folder and ``per_class`` training images of each class of the original data (rehearsal, the
 standard remedy), in ``RUN/data/<class>/``. Pure filesystem work, no Keras.

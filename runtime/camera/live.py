@@ -68,7 +68,7 @@ def run_camera(clf, spec: str, options: CameraOptions = CameraOptions(),
         if o.reload is not None:
             from runtime.model.reload import ModelWatcher
 
-            watcher = ModelWatcher(clf.model_path, o.reload, every_s=o.reload_every_s, log=log,
+            watcher = ModelWatcher(clf.model_path, sinks.loading(o.reload), every_s=o.reload_every_s, log=log,
                                    on_refused=sinks.refused).start()
             log(f"watching {clf.model_path}: a new file that passes its checks replaces the model")
         log(f"reading {'live source' if source.live else 'video file'} {spec}")
@@ -101,6 +101,7 @@ class _Sinks:
         self.saver = self.window = self.server = self.collector = None
         self.metrics: LiveMetrics | None = None
         self.last_printed = float("-inf")
+        self.file_ids: dict = {}  # a reloaded Classifier -> its file's id, hashed on the watcher's thread
 
     def open(self, clf, source) -> None:
         o = self.o
@@ -123,14 +124,27 @@ class _Sinks:
         if self.window is None and not o.headless:
             self.log("no display: running headless")
 
+    def loading(self, load):
+        """``load`` (--reload's), also hashing the new file when collecting: on the watcher's
+        thread, so that the swap between two frames does no file reading."""
+        if self.collector is None:
+            return load
+
+        def load_and_hash():
+            from runtime.image.collect import model_file_id
+
+            fresh = load()
+            self.file_ids[fresh] = model_file_id(fresh.model_path)
+            return fresh
+
+        return load_and_hash
+
     def swapped(self, fresh):
         """A reloaded model, between frames: counted, served; handed back to the loop."""
         if fresh is not None:
             self.metrics.reloaded(fresh.model_path.name)
             if self.collector is not None:  # the frames it keeps from now on name the new version
-                from runtime.image.collect import model_file_id
-
-                self.collector.model, self.collector.model_sha256 = fresh.model_path.name, model_file_id(fresh.model_path)
+                self.collector.model, self.collector.model_sha256 = fresh.model_path.name, self.file_ids.pop(fresh, None)
             if self.server is not None:
                 self.server.use(fresh)
         return fresh
